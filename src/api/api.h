@@ -1,0 +1,90 @@
+/*
+ * api: the handlers of the services the gateway serves, and the
+ * authentication step every call passes first.
+ *
+ * Every method is registered with its auth mode (from the contract's
+ * `authorization` option). A call-start hook authenticates the caller into
+ * an api_principal before any handler runs, so every handler sees the
+ * caller's principal (api_call_principal) and never parses credentials.
+ */
+#ifndef GW_API_H
+#define GW_API_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "base/base.h"
+
+struct event_base;
+struct grpc_server;
+struct grpc_call;
+struct api;
+
+/* Per-method authentication modes (openshell.options.v1 AuthorizationRule). */
+enum api_auth_mode {
+    API_AUTH_UNAUTHENTICATED = 0, /* no credentials checked (Health, probes, reflection) */
+    API_AUTH_BEARER,              /* user principals only */
+    API_AUTH_SANDBOX,             /* sandbox principals only (supervisor JWT) */
+    API_AUTH_DUAL,                /* either */
+};
+
+enum api_principal_kind {
+    API_PRINCIPAL_ANONYMOUS = 0,
+    API_PRINCIPAL_USER,
+    API_PRINCIPAL_SANDBOX,
+};
+
+/* Who is calling. Lives in the call's arena; borrowed by handlers until the
+ * call ends. */
+struct api_principal {
+    enum api_principal_kind kind;
+    const char *subject;           /* user subject, or spiffe id for sandboxes */
+    const char *display_name;
+    const char *identity_provider; /* "mtls", "local_dev", "oidc", ... */
+    const char *sandbox_id;        /* sandbox principals only */
+    bool platform_admin;
+};
+
+/* TLS identity of a connection, handed to grpc_server_attach as conn_info. */
+struct api_conn_identity {
+    bool tls;
+    bool client_verified;
+    char client_cn[256];
+    char client_ou[256];
+};
+
+/* One compute driver as reported by GetGatewayInfo. */
+struct api_driver_info {
+    const char *name;           /* configured, normalized: the driver_config key */
+    const char *driver_name;    /* from GetCapabilities */
+    const char *driver_version; /* from GetCapabilities */
+};
+
+struct api_opts {
+    const char *version;      /* gateway version string */
+    bool enable_diagnostics;  /* register openshell.diag.v1.Diagnostics */
+    bool mtls_user_auth;      /* verified client certificates name the user */
+};
+
+/* Creates the API and registers every method on |srv|. Caller owns, free
+ * with api_free() after the server closed every call. Returns NULL when a
+ * method path is registered twice (a programming error) or the embedded
+ * descriptor set does not parse. */
+struct api *api_new(struct event_base *base, struct grpc_server *srv, const struct api_opts *o);
+void api_free(struct api *a);
+
+/* Replaces the compute-driver snapshot shown by GetGatewayInfo (copied). */
+void api_set_drivers(struct api *a, const struct api_driver_info *drivers, size_t n);
+
+/* Serving status reported by grpc.health.v1 (Check and Watch streams are
+ * told about changes). The gateway sets NOT_SERVING when it starts to drain. */
+void api_set_serving(struct api *a, bool serving);
+
+/* Ends long-lived streams (health Watch, ...) with UNAVAILABLE, so a drain
+ * does not wait for them. */
+void api_end_streams(struct api *a);
+
+/* The authenticated caller of |call|; never NULL inside a handler. */
+const struct api_principal *api_call_principal(const struct grpc_call *call);
+
+#endif /* GW_API_H */

@@ -1,0 +1,351 @@
+/* openshell-gateway: startup, reload, graceful shutdown. */
+#include "gateway/gateway.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <openssl/ssl.h>
+
+#include "api/api.h"
+#include "config.h"
+#include "config/config.h"
+#include "http2/grpc.h"
+#include "reactor/reactor.h"
+
+/* Gateway states, forward only. */
+enum gw_state {
+    GW_STARTING,
+    GW_SERVING,
+    GW_DRAINING, /* first SIGTERM/SIGINT: no new connections, calls finish */
+    GW_STOPPED,
+};
+
+struct gateway {
+    struct config cfg;
+    int argc;
+    char **argv;
+    struct reactor *r;
+    struct grpc_server *srv;
+    struct api *api;
+    struct ssl_ctx_st *tls;
+    struct reactor_listener *tcp;
+    struct reactor_listener *unix_l;
+    struct gateway_http *health_http;
+    struct gateway_http *metrics_http;
+    struct reactor_timer *drain_timer;
+    struct reactor_timer *watchdog_timer;
+    enum gw_state state;
+    uint64_t drain_deadline_us;
+};
+
+static void gw_set_state(struct gateway *g, enum gw_state s)
+{
+    static const char *const names[] = {"starting", "serving", "draining", "stopped"};
+    GW_ASSERT(s >= g->state);
+    log_debug("gateway.state", LF_STR("from", names[g->state]), LF_STR("to", names[s]));
+    g->state = s;
+}
+
+static void on_accept(struct bufferevent *bev, const struct reactor_peer *peer, void *arg)
+{
+    struct gateway *g = arg;
+    struct api_conn_identity id = {.tls = peer->tls, .client_verified = peer->client_verified};
+    snprintf(id.client_cn, sizeof(id.client_cn), "%s", peer->client_cn);
+    snprintf(id.client_ou, sizeof(id.client_ou), "%s", peer->client_ou);
+    if (grpc_server_attach(g->srv, bev, peer->conn_id, peer->addr, &id, sizeof(id)) != 0)
+        log_warn("gateway.attach_failed", LF_STR("peer", peer->addr));
+}
+
+static void http_status(struct gateway_http_status *out, void *arg)
+{
+    struct gateway *g = arg;
+    out->serving = g->state == GW_SERVING;
+    out->connections = grpc_server_connections(g->srv);
+    out->active_calls = grpc_server_active_calls(g->srv);
+}
+
+/* ---- TLS ---------------------------------------------------------------- */
+
+static struct ssl_ctx_st *load_tls(const struct config *c, char *err, size_t errlen)
+{
+    if (c->tls_cert == NULL || c->tls_key == NULL) {
+        snprintf(err, errlen,
+                 "TLS is on but no certificate is configured: pass --tls-cert and --tls-key "
+                 "(or --disable-tls for plaintext h2c on a trusted network)");
+        return NULL;
+    }
+    return reactor_tls_server_ctx(c->tls_cert, c->tls_key, c->tls_client_ca,
+                                  c->tls_require_client_cert, err, errlen);
+}
+
+/* ---- shutdown ---------------------------------------------------------------- */
+
+static void stop_listeners(struct gateway *g)
+{
+    if (g->tcp)
+        reactor_listener_disable(g->tcp);
+    if (g->unix_l)
+        reactor_listener_disable(g->unix_l);
+}
+
+static void drain_tick(struct reactor_timer *t, void *arg)
+{
+    struct gateway *g = arg;
+    unsigned calls = grpc_server_active_calls(g->srv);
+    unsigned conns = grpc_server_connections(g->srv);
+    if (calls == 0 && conns == 0) {
+        log_info("gateway.drained");
+    } else if (gw_clock_mono_us() >= g->drain_deadline_us) {
+        log_warn("gateway.drain_deadline", LF_UINT("calls", calls), LF_UINT("connections", conns));
+        grpc_server_close_all(g->srv);
+    } else {
+        return;
+    }
+    reactor_timer_disarm(t);
+    gw_set_state(g, GW_STOPPED);
+    reactor_stop(g->r);
+}
+
+static void begin_drain(struct gateway *g)
+{
+    gw_set_state(g, GW_DRAINING);
+    if (reactor_sd_notify(g->r, "STOPPING=1") != 0)
+        log_debug("gateway.notify_failed");
+    api_set_serving(g->api, false);
+    stop_listeners(g);
+    grpc_server_shutdown(g->srv);
+    api_end_streams(g->api);
+    g->drain_deadline_us = gw_clock_mono_us() + (uint64_t)g->cfg.shutdown_grace_ms * 1000;
+    g->drain_timer = reactor_timer_new(g->r, drain_tick, g);
+    reactor_timer_arm_periodic(g->drain_timer, 25);
+}
+
+static void on_terminate(int signo, void *arg)
+{
+    struct gateway *g = arg;
+    if (g->state == GW_SERVING || g->state == GW_STARTING) {
+        log_info("gateway.stopping", LF_STR("signal", strsignal(signo)),
+                 LF_UINT("grace_ms", g->cfg.shutdown_grace_ms));
+        begin_drain(g);
+        return;
+    }
+    /* A second signal does not wait. */
+    log_warn("gateway.stop_now", LF_STR("signal", strsignal(signo)));
+    grpc_server_close_all(g->srv);
+    if (g->state != GW_STOPPED)
+        gw_set_state(g, GW_STOPPED);
+    reactor_stop(g->r);
+}
+
+/* SIGHUP reloads what can change without dropping connections: log level
+ * and format, and the TLS certificate (new handshakes use the new one). */
+static void on_reload(int signo, void *arg)
+{
+    struct gateway *g = arg;
+    char err[512], notify[64];
+    snprintf(notify, sizeof(notify), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)gw_clock_mono_us());
+    (void)reactor_sd_notify(g->r, notify);
+    if (config_reload(&g->cfg, g->argc, g->argv, err, sizeof(err)) != 0) {
+        log_error("gateway.reload_failed", LF_STR("error", err));
+        goto out;
+    }
+    log_set_level(g->cfg.log_level);
+    log_set_format(g->cfg.log_format);
+    if (!g->cfg.disable_tls && g->tcp != NULL) {
+        struct ssl_ctx_st *ctx = load_tls(&g->cfg, err, sizeof(err));
+        if (ctx == NULL) {
+            log_error("gateway.reload_tls_failed", LF_STR("error", err));
+            goto out;
+        }
+        reactor_listener_set_tls(g->tcp, ctx);
+        SSL_CTX_free(g->tls);
+        g->tls = ctx;
+    }
+    log_info("gateway.reloaded", LF_STR("log_level", log_level_name(g->cfg.log_level)));
+out:
+    (void)reactor_sd_notify(g->r, "READY=1");
+}
+
+static void watchdog_tick(struct reactor_timer *t, void *arg)
+{
+    struct gateway *g = arg;
+    (void)reactor_sd_notify(g->r, "WATCHDOG=1");
+}
+
+/* ---- startup ------------------------------------------------------------------ */
+
+static int make_dirs(const char *path)
+{
+    char *p = gw_xstrdup(path);
+    int rv = 0;
+    for (char *s = p + 1; *s; s++) {
+        if (*s != '/')
+            continue;
+        *s = '\0';
+        if (mkdir(p, 0700) != 0 && errno != EEXIST)
+            rv = -1;
+        *s = '/';
+    }
+    if (mkdir(p, 0700) != 0 && errno != EEXIST)
+        rv = -1;
+    free(p);
+    return rv;
+}
+
+static int start_listeners(struct gateway *g)
+{
+    const struct config *c = &g->cfg;
+    int rv = reactor_listen_tcp(g->r, c->bind_address, c->port, g->tls, on_accept, g, &g->tcp);
+    if (rv != 0) {
+        log_error("gateway.listen_failed", LF_STR("addr", c->bind_address), LF_UINT("port", c->port),
+                  LF_STR("error", rv == REACTOR_ERR_INUSE ? "address already in use" : strerror(errno)));
+        return -1;
+    }
+    uint16_t port = reactor_listener_port(g->tcp);
+    char addr[128];
+    snprintf(addr, sizeof(addr), strchr(c->bind_address, ':') ? "[%s]:%u" : "%s:%u",
+             c->bind_address, port);
+    log_info("gateway.listening", LF_STR("addr", addr), LF_UINT("port", port),
+             LF_BOOL("tls", g->tls != NULL), LF_BOOL("mtls", c->tls_client_ca != NULL));
+    if (c->unix_socket != NULL) {
+        rv = reactor_listen_unix(g->r, c->unix_socket, 0660, NULL, on_accept, g, &g->unix_l);
+        if (rv != 0) {
+            log_error("gateway.listen_failed", LF_STR("path", c->unix_socket),
+                      LF_STR("error", strerror(errno)));
+            return -1;
+        }
+        log_info("gateway.listening_unix", LF_STR("path", c->unix_socket));
+    }
+    if (c->health_port != 0) {
+        g->health_http = gateway_http_new(reactor_base(g->r), c->bind_address, c->health_port,
+                                          false, http_status, g);
+        if (g->health_http == NULL)
+            return -1;
+        log_info("gateway.health_listening", LF_UINT("port", gateway_http_port(g->health_http)));
+    }
+    if (c->metrics_port != 0) {
+        g->metrics_http = gateway_http_new(reactor_base(g->r), c->bind_address, c->metrics_port,
+                                           true, http_status, g);
+        if (g->metrics_http == NULL)
+            return -1;
+        log_info("gateway.metrics_listening", LF_UINT("port", gateway_http_port(g->metrics_http)));
+    }
+    return 0;
+}
+
+static int install_signals(struct gateway *g)
+{
+    if (reactor_on_signal(g->r, SIGTERM, on_terminate, g) != 0 ||
+        reactor_on_signal(g->r, SIGINT, on_terminate, g) != 0 ||
+        reactor_on_signal(g->r, SIGHUP, on_reload, g) != 0)
+        return -1;
+    uint64_t wd = reactor_sd_watchdog_usec();
+    if (wd > 0) {
+        g->watchdog_timer = reactor_timer_new(g->r, watchdog_tick, g);
+        reactor_timer_arm_periodic(g->watchdog_timer, GW_MAX(wd / 2000, 1));
+    }
+    return 0;
+}
+
+static int startup(struct gateway *g)
+{
+    const struct config *c = &g->cfg;
+    char err[512];
+
+    if (make_dirs(c->state_dir) != 0) {
+        log_error("gateway.state_dir_failed", LF_STR("path", c->state_dir),
+                  LF_STR("error", strerror(errno)));
+        return -1;
+    }
+    if (!c->disable_tls) {
+        g->tls = load_tls(c, err, sizeof(err));
+        if (g->tls == NULL) {
+            log_error("gateway.tls_failed", LF_STR("error", err));
+            return -1;
+        }
+    }
+    struct grpc_server_opts so = {
+        .max_recv_msg_bytes = c->max_recv_msg_bytes,
+        .max_concurrent_streams = c->max_concurrent_streams,
+    };
+    g->srv = grpc_server_new(reactor_base(g->r), &so);
+    struct api_opts ao = {
+        .version = PACKAGE_VERSION,
+        .enable_diagnostics = c->enable_diagnostics,
+        .mtls_user_auth = !c->disable_tls && c->tls_client_ca != NULL,
+    };
+    g->api = api_new(reactor_base(g->r), g->srv, &ao);
+    if (g->api == NULL)
+        return -1;
+    if (install_signals(g) != 0 || start_listeners(g) != 0)
+        return -1;
+    gw_set_state(g, GW_SERVING);
+    log_info("gateway.ready", LF_STR("version", PACKAGE_VERSION),
+             LF_BOOL("diagnostics", c->enable_diagnostics));
+    (void)reactor_sd_notify(g->r, "READY=1");
+    return 0;
+}
+
+static void teardown(struct gateway *g)
+{
+    if (g->srv)
+        grpc_server_close_all(g->srv);
+    reactor_timer_free(g->drain_timer);
+    reactor_timer_free(g->watchdog_timer);
+    reactor_listener_free(g->tcp);
+    reactor_listener_free(g->unix_l);
+    gateway_http_free(g->health_http);
+    gateway_http_free(g->metrics_http);
+    grpc_server_free(g->srv);
+    api_free(g->api);
+    if (g->tls)
+        SSL_CTX_free(g->tls);
+    reactor_free(g->r);
+    config_free(&g->cfg);
+}
+
+int main(int argc, char **argv)
+{
+    struct gateway g = {.argc = argc, .argv = argv};
+    enum config_action action;
+    char err[1024];
+    int code = 1;
+
+    config_init(&g.cfg);
+    if (config_load(&g.cfg, argc, argv, stdout, &action, err, sizeof(err)) != 0) {
+        fprintf(stderr, "openshell-gateway: %s\n", err);
+        fprintf(stderr, "Try 'openshell-gateway --help' for the options.\n");
+        config_free(&g.cfg);
+        return 2;
+    }
+    if (action != CONFIG_RUN) {
+        config_free(&g.cfg);
+        return 0;
+    }
+    log_set_level(g.cfg.log_level);
+    log_set_format(g.cfg.log_format);
+    g.r = reactor_new();
+    if (g.r == NULL) {
+        log_error("gateway.reactor_failed");
+        config_free(&g.cfg);
+        return 1;
+    }
+    if (startup(&g) != 0)
+        goto out;
+    if (reactor_run(g.r) != 0) {
+        log_error("gateway.loop_failed");
+        goto out;
+    }
+    code = 0;
+    log_info("gateway.stopped");
+out:
+    teardown(&g);
+    return code;
+}
