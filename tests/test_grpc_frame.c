@@ -46,8 +46,7 @@ static size_t make_frame(uint8_t *out, uint8_t flag, uint32_t len, uint8_t fill)
 
 /* Feeds |data| in one call per byte until a message completes. Returns the
  * deframer result and the bytes consumed in |*consumed|. */
-static int feed_bytewise(struct grpc_deframer *d, const uint8_t *data, size_t len,
-                         size_t *consumed)
+static int feed_bytewise(struct grpc_deframer *d, const uint8_t *data, size_t len, size_t *consumed)
 {
     size_t off = 0;
     int rv = GRPC_DEFRAME_NEED;
@@ -70,9 +69,8 @@ static uint8_t *gzip_bytes(const uint8_t *in, size_t len, size_t *out_len)
 {
     z_stream zs;
     memset(&zs, 0, sizeof(zs));
-    assert_int_equal(deflateInit2(&zs, Z_BEST_SPEED, Z_DEFLATED, 16 + MAX_WBITS, 8,
-                                  Z_DEFAULT_STRATEGY),
-                     Z_OK);
+    assert_int_equal(
+        deflateInit2(&zs, Z_BEST_SPEED, Z_DEFLATED, 16 + MAX_WBITS, 8, Z_DEFAULT_STRATEGY), Z_OK);
     size_t cap = deflateBound(&zs, (uLong)len) + 64;
     uint8_t *out = malloc(cap);
     assert_non_null(out);
@@ -764,11 +762,11 @@ static void test_grpc_payload_decode_invalid_protobuf(void **state)
         const char *bytes;
         size_t len;
     } cases[] = {
-        {"\x12\x05" "ab", 4},         /* string field shorter than its length */
-        {"\x12", 1},                   /* tag without a length */
-        {"\x08\xff\xff\xff", 4},       /* truncated varint */
-        {"\x0f", 1},                   /* wire type 7 does not exist */
-        {"\x00\x00", 2},               /* field number 0 */
+        {"\x12\x05\x61\x62", 4}, /* string field shorter than its length */
+        {"\x12", 1},             /* tag without a length */
+        {"\x08\xff\xff\xff", 4}, /* truncated varint */
+        {"\x0f", 1},             /* wire type 7 does not exist */
+        {"\x00\x00", 2},         /* field number 0 */
     };
     for (size_t i = 0; i < GW_ARRAY_LEN(cases); i++) {
         struct grpc_deframer d;
@@ -790,10 +788,10 @@ static void test_grpc_payload_decode_unknown_fields_skipped(void **state)
     /* HealthRequest has no fields: a varint (7), a length-delimited (9), a
      * fixed64 (10) and a fixed32 (11) field are all unknown. */
     static const uint8_t pb[] = {
-        0x38, 0x96, 0x01,                         /* 7: varint 150 */
-        0x4a, 0x03, 'a',  'b', 'c',               /* 9: "abc" */
-        0x51, 1,    2,    3, 4, 5, 6, 7, 8,       /* 10: fixed64 */
-        0x5d, 1,    2,    3, 4,                   /* 11: fixed32 */
+        0x38, 0x96, 0x01,                                     /* 7: varint 150 */
+        0x4a, 0x03, 0x61, 0x62, 0x63,                         /* 9: "abc" */
+        0x51, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, /* 10: fixed64 */
+        0x5d, 0x01, 0x02, 0x03, 0x04,                         /* 11: fixed32 */
     };
     struct grpc_deframer d;
     int status = -1;

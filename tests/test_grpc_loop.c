@@ -365,6 +365,24 @@ static void test_oversize_request_resource_exhausted(void **state)
     assert_int_equal(F->done_status, GRPC_STATUS_OK);
 }
 
+static void test_decode_bomb_refused_not_buffered(void **state)
+{
+    /* 600 KB of "field 7 = 0" pairs: small on the wire, but each unknown
+     * field costs protobuf-c an allocation. The decoding budget (2x the
+     * 1 MiB limit) refuses it instead of pinning ~15 MB per call. */
+    static uint8_t bomb[600000];
+    for (size_t i = 0; i < sizeof(bomb); i += 2) {
+        bomb[i] = 0x38;
+        bomb[i + 1] = 0x00;
+    }
+    struct grpc_ccall *cc =
+        grpc_channel_start(F->ch, "/t.T/Unary", ECHO, NULL, 0, on_msg, on_done, NULL);
+    assert_true(grpc_ccall_send_raw(cc, bomb, sizeof(bomb)) >= 0);
+    grpc_ccall_close_send(cc);
+    run_until(is_done);
+    assert_int_equal(F->done_status, GRPC_STATUS_RESOURCE_EXHAUSTED);
+}
+
 static bool producer_blocked(void)
 {
     return F->produced > 0 && F->held != NULL && grpc_call_congested(F->held);
@@ -416,6 +434,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_client_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_cancel_reaches_handler, setup, teardown),
         cmocka_unit_test_setup_teardown(test_oversize_request_resource_exhausted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_decode_bomb_refused_not_buffered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure_bounds_buffering, setup, teardown),
     };
     log_set_level(LOG_WARN);

@@ -461,8 +461,7 @@ static void test_grpc_trailers_build_with_message(void **state)
     assert_true(nva[1].flags & NGHTTP2_NV_FLAG_NO_COPY_NAME);
 
     /* The message is percent-encoded into |buf|, replacing what was there. */
-    assert_int_equal(grpc_trailers_build(nva, GRPC_STATUS_INTERNAL, "50% failed\n", text, &buf),
-                     2);
+    assert_int_equal(grpc_trailers_build(nva, GRPC_STATUS_INTERNAL, "50% failed\n", text, &buf), 2);
     expect_nv(&nva[0], "grpc-status", "13");
     expect_nv(&nva[1], "grpc-message", "50%25 failed%0A");
     assert_ptr_equal(nva[1].value, (uint8_t *)buf.data);

@@ -11,6 +11,8 @@
  *                   the message stays valid until the call ends. For
  *                   CLIENT_STREAM and BIDI it is called per message and the
  *                   message is borrowed only until on_message returns.
+ *                   Messages that would expand past 2x the receive limit
+ *                   in memory are refused (RESOURCE_EXHAUSTED).
  *   on_half_close   CLIENT_STREAM and BIDI: the client sent its last message.
  *   on_cancel       the call ended without the handler finishing it: the
  *                   client reset the stream, the deadline passed, the
@@ -228,6 +230,11 @@ uint64_t grpc_call_deadline_us(const struct grpc_call *call);
 /* Arena allocation freed when the call ends. Never NULL. */
 void *grpc_call_alloc(struct grpc_call *call, size_t n);
 char *grpc_call_strdup(struct grpc_call *call, const char *s);
+/* Scratch allocation released as soon as the current handler callback
+ * (on_message, on_half_close, on_writable) returns: for building a reply
+ * that is sent before returning, on long streams where the call arena
+ * would grow with every message. Never NULL. */
+void *grpc_call_scratch_alloc(struct grpc_call *call, size_t n);
 /* True once GRPC_SEND_FULL was returned and on_writable has not yet run. */
 bool grpc_call_congested(const struct grpc_call *call);
 /* Bytes queued for this call and not yet written to the socket. */

@@ -142,14 +142,22 @@ static int c_on_headers_done(struct h2_stream *st, enum h2_headers_kind kind, bo
     return 0;
 }
 
+/* Each response decodes into a scratch arena with a budget, released once
+ * the callback returned. */
 static bool deliver(struct grpc_ccall *cc)
 {
     int status;
     const char *err;
-    void *msg = grpc_payload_decode(&cc->deframer, cc->encoding, cc->resp, NULL,
+    struct arena scratch;
+    ProtobufCAllocator alloc;
+    arena_init(&scratch, NULL, 0);
+    scratch.pb_budget = GRPC_DECODE_BUDGET(cc->ch->opts.max_recv_msg_bytes);
+    arena_pb_allocator(&scratch, &alloc);
+    void *msg = grpc_payload_decode(&cc->deframer, cc->encoding, cc->resp, &alloc,
                                     cc->ch->opts.max_recv_msg_bytes, &status, &err);
     grpc_deframer_reset_msg(&cc->deframer);
     if (msg == NULL) {
+        arena_release(&scratch);
         ccall_done(cc, status, err);
         return false;
     }
@@ -158,7 +166,7 @@ static bool deliver(struct grpc_ccall *cc)
         cc->on_msg(cc, msg, cc->arg);
         cc->depth--;
     }
-    protobuf_c_message_free_unpacked(msg, NULL);
+    arena_release(&scratch);
     return !cc->done;
 }
 

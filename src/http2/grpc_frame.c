@@ -172,8 +172,11 @@ void *grpc_payload_decode(const struct grpc_deframer *d, const char *encoding,
     }
     m = protobuf_c_message_unpack(desc, alloc, n, n ? p : (const uint8_t *)"");
     if (m == NULL) {
-        *status = GRPC_STATUS_INTERNAL;
-        *msg = "failed to parse request message";
+        const struct arena *a = alloc ? alloc->allocator_data : NULL;
+        bool over = a != NULL && a->pb_exhausted;
+        *status = over ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_INTERNAL;
+        *msg = over ? "message expands beyond the decoding memory limit"
+                    : "failed to parse message";
     }
 out:
     gw_buf_free(&inflated);
@@ -196,6 +199,9 @@ void arena_init(struct arena *a, void *inline_buf, size_t inline_cap)
     a->inline_used = 0;
     a->inline_cap = inline_cap;
     a->total = 0;
+    a->pb_used = 0;
+    a->pb_budget = 0;
+    a->pb_exhausted = false;
 }
 
 /* Offset of the next 16-byte aligned address at or after |base + used|. */
@@ -249,11 +255,19 @@ void arena_release(struct arena *a)
     a->head = NULL;
     a->inline_used = 0;
     a->total = 0;
+    a->pb_used = 0;
+    a->pb_exhausted = false;
 }
 
 static void *pb_arena_alloc(void *data, size_t n)
 {
-    return arena_alloc(data, n);
+    struct arena *a = data;
+    if (a->pb_budget != 0 && (n > a->pb_budget || a->pb_used > a->pb_budget - n)) {
+        a->pb_exhausted = true;
+        return NULL;
+    }
+    a->pb_used += n;
+    return arena_alloc(a, n);
 }
 
 static void pb_arena_free(void *data, void *p)

@@ -62,6 +62,8 @@ struct grpc_call {
     struct grpc_call *wprev, *wnext; /* on srv->writable list */
     bool on_wlist;
     ProtobufCAllocator alloc;
+    struct arena scratch; /* released after every handler callback */
+    ProtobufCAllocator scratch_alloc;
     struct gw_buf tbuf;
     char status_text[12];
     struct arena arena;
@@ -167,6 +169,7 @@ static void writable_ev_cb(evutil_socket_t fd, short what, void *arg)
         call->congested = false;
         if (call->method->handler->on_writable)
             call->method->handler->on_writable(call);
+        arena_release(&call->scratch);
     }
 }
 
@@ -181,7 +184,11 @@ static struct h2_stream *on_begin(struct h2_conn *c, int32_t stream_id, void *co
     call->srv = sc->srv;
     call->start_us = gw_now_mono_us();
     arena_init(&call->arena, call->arena_buf, sizeof(call->arena_buf));
+    call->arena.pb_budget = GRPC_DECODE_BUDGET(sc->srv->opts.max_recv_msg_bytes);
     arena_pb_allocator(&call->arena, &call->alloc);
+    arena_init(&call->scratch, NULL, 0);
+    call->scratch.pb_budget = call->arena.pb_budget;
+    arena_pb_allocator(&call->scratch, &call->scratch_alloc);
     grpc_deframer_init(&call->deframer, sc->srv->opts.max_recv_msg_bytes);
     call->out = evbuffer_new();
     sc->srv->ncalls++;
@@ -315,6 +322,16 @@ static void deliver_half_close(struct grpc_call *call)
     } else if (h->on_half_close) {
         h->on_half_close(call);
     }
+    arena_release(&call->scratch);
+}
+
+/* The client half-closed: tell the handler once every held-back byte was
+ * delivered (a paused call learns it when resumed). */
+static void maybe_half_close(struct grpc_call *call)
+{
+    if (call->eof_in && call->state == CALL_ACTIVE && !call->paused && !call->half_close_done &&
+        (call->in == NULL || evbuffer_get_length(call->in) == 0))
+        deliver_half_close(call);
 }
 
 static int on_headers_done(struct h2_stream *st, enum h2_headers_kind kind, bool end_stream)
@@ -324,8 +341,7 @@ static int on_headers_done(struct h2_stream *st, enum h2_headers_kind kind, bool
         dispatch_headers(call);
     if (end_stream) {
         call->eof_in = true;
-        if (call->state == CALL_ACTIVE && !call->paused && !call->half_close_done)
-            deliver_half_close(call);
+        maybe_half_close(call);
     }
     return 0;
 }
@@ -343,9 +359,12 @@ static void deliver_message(struct grpc_call *call)
         call_finish_internal(call, GRPC_STATUS_INTERNAL, "expected exactly one request message");
         goto cancel;
     }
+    /* Streamed messages decode into the scratch arena, released right
+     * after the handler saw them; the single message of a unary call lives
+     * as long as the call. Both have a decoding budget. */
     void *msg = grpc_payload_decode(&call->deframer, call->encoding, m->request,
-                                    single ? &call->alloc : NULL, call->srv->opts.max_recv_msg_bytes,
-                                    &status, &err);
+                                    single ? &call->alloc : &call->scratch_alloc,
+                                    call->srv->opts.max_recv_msg_bytes, &status, &err);
     grpc_deframer_reset_msg(&call->deframer);
     if (msg == NULL) {
         call_finish_internal(call, status, err);
@@ -356,7 +375,7 @@ static void deliver_message(struct grpc_call *call)
         return;
     }
     m->handler->on_message(call, msg);
-    protobuf_c_message_free_unpacked(msg, NULL);
+    arena_release(&call->scratch);
     return;
 cancel:
     if (m->handler->on_cancel)
@@ -424,9 +443,7 @@ static int on_end_stream(struct h2_stream *st)
 {
     struct grpc_call *call = (struct grpc_call *)st;
     call->eof_in = true;
-    if (call->state == CALL_ACTIVE && !call->paused && !call->half_close_done &&
-        (call->in == NULL || evbuffer_get_length(call->in) == 0))
-        deliver_half_close(call);
+    maybe_half_close(call);
     return 0;
 }
 
@@ -440,6 +457,7 @@ static void call_free(struct grpc_call *call)
     evbuffer_free(call->out);
     grpc_deframer_free(&call->deframer);
     gw_buf_free(&call->tbuf);
+    arena_release(&call->scratch);
     arena_release(&call->arena);
     call->srv->ncalls--;
     free(call);
@@ -735,9 +753,7 @@ void grpc_call_pause_recv(struct grpc_call *call, bool paused)
         evbuffer_drain(call->in, used);
         h2_conn_consume(call->conn->h2, &call->st, used);
     }
-    if (call->state == CALL_ACTIVE && !call->paused && call->eof_in && !call->half_close_done &&
-        (call->in == NULL || evbuffer_get_length(call->in) == 0))
-        deliver_half_close(call);
+    maybe_half_close(call);
 }
 
 void grpc_call_set_user(struct grpc_call *call, void *p)
@@ -806,6 +822,11 @@ void *grpc_call_alloc(struct grpc_call *call, size_t n)
 char *grpc_call_strdup(struct grpc_call *call, const char *s)
 {
     return arena_strndup(&call->arena, s, strlen(s));
+}
+
+void *grpc_call_scratch_alloc(struct grpc_call *call, size_t n)
+{
+    return arena_alloc(&call->scratch, n);
 }
 
 bool grpc_call_congested(const struct grpc_call *call)

@@ -23,14 +23,20 @@ struct arena {
     struct arena_block *head;
     unsigned char *inline_buf; /* first block, owned by the embedding object */
     size_t inline_used, inline_cap;
-    size_t total; /* bytes handed out, for limits */
+    size_t total;     /* bytes handed out */
+    size_t pb_used;   /* bytes handed to protobuf-c through arena_pb_allocator */
+    size_t pb_budget; /* protobuf-c allocations fail past this (0 = no limit) */
+    bool pb_exhausted; /* a protobuf-c allocation was refused */
 };
 
 void arena_init(struct arena *a, void *inline_buf, size_t inline_cap);
 void *arena_alloc(struct arena *a, size_t n);
 char *arena_strndup(struct arena *a, const char *s, size_t n);
 void arena_release(struct arena *a);
-/* A protobuf-c allocator that allocates from |a| and never frees. */
+/* A protobuf-c allocator that allocates from |a| and never frees. With a
+ * pb_budget it returns NULL past the budget, so a small message that
+ * expands into a huge object tree (unknown fields, packed repeats) fails
+ * to decode instead of pinning memory. */
 void arena_pb_allocator(struct arena *a, ProtobufCAllocator *out);
 
 /* ---- headers kept per call --------------------------------------------- */
@@ -55,6 +61,9 @@ const char *hdr_list_get(const struct hdr_list *l, const char *name);
 size_t grpc_frame_pack(struct evbuffer *out, const ProtobufCMessage *msg, uint32_t max_len);
 size_t grpc_frame_pack_raw(struct evbuffer *out, const uint8_t *data, size_t len,
                            uint32_t max_len);
+
+/* Decoding budget for one message of at most |max_len| bytes. */
+#define GRPC_DECODE_BUDGET(max_len) ((size_t)(max_len) * 2 + 64 * 1024)
 
 /* Decodes one deframed payload into a message: gunzips it when compressed
  * (per |encoding|), unpacks with |alloc|. On failure returns NULL with
