@@ -208,5 +208,5 @@ const struct grpc_method api_diag_methods[] = {
     {"/openshell.diag.v1.Diagnostics/Delay", GRPC_UNARY,
      &openshell__diag__v1__delay_request__descriptor,
      &openshell__diag__v1__delay_response__descriptor, &delay_h, NULL, API_AUTH_BEARER},
-    {NULL},
+    {.path = NULL},
 };

@@ -183,5 +183,5 @@ const struct grpc_method api_health_methods[] = {
      &grpc__health__v1__health_check_request__descriptor,
      &grpc__health__v1__health_check_response__descriptor, &watch_h, NULL,
      API_AUTH_UNAUTHENTICATED},
-    {NULL},
+    {.path = NULL},
 };

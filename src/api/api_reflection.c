@@ -184,14 +184,14 @@ static void reply_files(struct grpc_call *call, const struct reflection_index *i
         reply_error(r, GRPC_STATUS_NOT_FOUND, "not found");
         return;
     }
-    bool *seen = grpc_call_alloc(call, ix->set->n_file);
-    size_t *order = grpc_call_alloc(call, ix->set->n_file * sizeof(size_t));
+    bool *seen = grpc_call_scratch_alloc(call, ix->set->n_file);
+    size_t *order = grpc_call_scratch_alloc(call, ix->set->n_file * sizeof(size_t));
     size_t n = 0;
     memset(seen, 0, ix->set->n_file);
     collect_files(ix, (size_t)fi, seen, order, &n);
     grpc__reflection__v1alpha__file_descriptor_response__init(&r->files);
     r->files.n_file_descriptor_proto = n;
-    r->files.file_descriptor_proto = grpc_call_alloc(call, n * sizeof(ProtobufCBinaryData));
+    r->files.file_descriptor_proto = grpc_call_scratch_alloc(call, n * sizeof(ProtobufCBinaryData));
     for (size_t i = 0; i < n; i++)
         r->files.file_descriptor_proto[i] = ix->bytes[order[i]];
     r->resp.message_response_case = GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
@@ -205,8 +205,8 @@ static void reply_services(struct grpc_call *call, struct api *a, struct refl_re
     size_t cap = 0, n = 0;
     for (size_t i = 0; i < ix->set->n_file; i++)
         cap += ix->set->file[i]->n_service;
-    Grpc__Reflection__V1alpha__ServiceResponse *svcs = grpc_call_alloc(call, (cap + 1) * sizeof(*svcs));
-    Grpc__Reflection__V1alpha__ServiceResponse **ptrs = grpc_call_alloc(call, (cap + 1) * sizeof(*ptrs));
+    Grpc__Reflection__V1alpha__ServiceResponse *svcs = grpc_call_scratch_alloc(call, (cap + 1) * sizeof(*svcs));
+    Grpc__Reflection__V1alpha__ServiceResponse **ptrs = grpc_call_scratch_alloc(call, (cap + 1) * sizeof(*ptrs));
     for (size_t i = 0; i < ix->set->n_file; i++) {
         const Google__Protobuf__FileDescriptorProto *f = ix->set->file[i];
         for (size_t j = 0; j < f->n_service; j++) {
@@ -222,7 +222,7 @@ static void reply_services(struct grpc_call *call, struct api *a, struct refl_re
             if (!routed)
                 continue;
             grpc__reflection__v1alpha__service_response__init(&svcs[n]);
-            svcs[n].name = grpc_call_alloc(call, strlen(f->package) + strlen(s->name) + 2);
+            svcs[n].name = grpc_call_scratch_alloc(call, strlen(f->package) + strlen(s->name) + 2);
             strcpy(svcs[n].name, f->package);
             if (f->package[0])
                 strcat(svcs[n].name, ".");
@@ -251,7 +251,7 @@ static void reply_extension_numbers(struct grpc_call *call, const struct reflect
     size_t cap = 0;
     for (size_t i = 0; i < ix->set->n_file; i++)
         cap += ix->set->file[i]->n_extension;
-    r->exts.extension_number = grpc_call_alloc(call, (cap + 1) * sizeof(int32_t));
+    r->exts.extension_number = grpc_call_scratch_alloc(call, (cap + 1) * sizeof(int32_t));
     for (size_t i = 0; i < ix->set->n_file; i++) {
         const Google__Protobuf__FileDescriptorProto *f = ix->set->file[i];
         for (size_t j = 0; j < f->n_extension; j++) {
@@ -266,6 +266,8 @@ static void reply_extension_numbers(struct grpc_call *call, const struct reflect
     r->resp.all_extension_numbers_response = &r->exts;
 }
 
+/* Replies are built in scratch memory, released when this returns: a long
+ * reflection stream costs nothing per request once answered. */
 static void reflection_message(struct grpc_call *call, void *msg)
 {
     struct api *a = grpc_call_method_arg(call);
@@ -323,5 +325,5 @@ const struct grpc_method api_reflection_methods[] = {
      &grpc__reflection__v1alpha__server_reflection_request__descriptor,
      &grpc__reflection__v1alpha__server_reflection_response__descriptor, &reflection_h, NULL,
      API_AUTH_UNAUTHENTICATED},
-    {NULL},
+    {.path = NULL},
 };
