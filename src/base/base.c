@@ -343,12 +343,18 @@ void gw_buf_append(struct gw_buf *b, const void *p, size_t n)
 
 void gw_buf_vappendf(struct gw_buf *b, const char *fmt, va_list ap)
 {
+    /* Most lines fit the stack buffer: one formatting pass, one copy. */
+    char tmp[256];
     va_list ap2;
     va_copy(ap2, ap);
-    int n = vsnprintf(NULL, 0, fmt, ap2);
+    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap2);
     va_end(ap2);
     if (n < 0)
         return;
+    if ((size_t)n < sizeof(tmp)) {
+        gw_buf_append(b, tmp, (size_t)n);
+        return;
+    }
     buf_reserve(b, (size_t)n);
     vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
     b->len += (size_t)n;

@@ -136,18 +136,6 @@ GW_NORETURN static void child_exec(const struct reactor_spawn_opts *o, pid_t par
         step = "setpgid";
         goto out;
     }
-    if (o->die_with_parent) {
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
-            step = "prctl(PR_SET_PDEATHSIG)";
-            goto out;
-        }
-        /* The parent may have died before prctl(): no signal would come. */
-        if (getppid() != parent) {
-            step = "waiting for the parent";
-            errno = ESRCH;
-            goto out;
-        }
-    }
     if (child_redirect(o) != 0) {
         step = "dup2";
         goto out;
@@ -159,6 +147,20 @@ GW_NORETURN static void child_exec(const struct reactor_spawn_opts *o, pid_t par
     if (o->drop_privileges && child_drop_privileges(o) != 0) {
         step = "dropping privileges";
         goto out;
+    }
+    /* After setuid: the kernel clears the parent-death signal when the
+     * credentials change, so setting it earlier would be lost. */
+    if (o->die_with_parent) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) {
+            step = "prctl(PR_SET_PDEATHSIG)";
+            goto out;
+        }
+        /* The parent may have died before prctl(): no signal would come. */
+        if (getppid() != parent) {
+            step = "waiting for the parent";
+            errno = ESRCH;
+            goto out;
+        }
     }
     child_close_fds();
     sigemptyset(&none);
