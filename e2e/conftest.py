@@ -103,8 +103,16 @@ def gateway_factory(tmp_path, request):
     """
     started = []
 
-    def make(args=(), env=None, name=None, **kw):
+    def make(args=(), env=None, name=None, embedded_db=False, **kw):
+        """embedded_db=False points the gateway at the session PostgreSQL
+        (unless the test gives its own --db-url / OPENSHELL_DB_URL), so a
+        test does not pay for initdb; True lets it start its own."""
         name = name or f"gw{len(started)}"
+        args = [str(a) for a in args]
+        given = "--db-url" in args or any(a.startswith("--db-url=") for a in args) or (
+            env is not None and "OPENSHELL_DB_URL" in env)
+        if not embedded_db and not given:
+            args += ["--db-url", request.getfixturevalue("postgres").dsn]
         gw = Gateway(tmp_path / name, name=name)
         started.append(gw)
         gw.start(args, env=env, **kw)

@@ -35,7 +35,10 @@ struct api *api_new(struct event_base *base, struct grpc_server *srv, const stru
     if (a->refl == NULL)
         goto fail;
     if (register_table(a, api_health_methods) != 0 ||
-        register_table(a, api_reflection_methods) != 0)
+        register_table(a, api_reflection_methods) != 0 ||
+        register_table(a, api_events_methods) != 0 ||
+        register_table(a, api_workspace_methods) != 0 ||
+        register_table(a, api_sandbox_methods) != 0)
         goto fail;
     if (o->enable_diagnostics && register_table(a, api_diag_methods) != 0)
         goto fail;
@@ -82,6 +85,12 @@ void api_set_drivers(struct api *a, const struct api_driver_info *drivers, size_
     a->n_drivers = n;
 }
 
+void api_set_backend(struct api *a, struct store *store, struct events_hub *hub)
+{
+    a->opts.store = store;
+    a->opts.hub = hub;
+}
+
 void api_set_serving(struct api *a, bool serving)
 {
     if (a->serving == serving)
@@ -93,5 +102,6 @@ void api_set_serving(struct api *a, bool serving)
 void api_end_streams(struct api *a)
 {
     api_health_end_watches(a);
+    api_events_end_all(a);
     api_diag_end_all(a);
 }

@@ -60,8 +60,13 @@ struct api_driver_info {
     const char *driver_version; /* from GetCapabilities */
 };
 
+struct store;
+struct events_hub;
+
 struct api_opts {
     const char *version;      /* gateway version string */
+    struct store *store;      /* NULL: the store-backed services answer UNAVAILABLE */
+    struct events_hub *hub;   /* lifecycle event fan-out (with |store|) */
     bool enable_diagnostics;  /* register openshell.diag.v1.Diagnostics */
     bool mtls_user_auth;      /* verified client certificates name the user */
 };
@@ -72,6 +77,10 @@ struct api_opts {
  * descriptor set does not parse. */
 struct api *api_new(struct event_base *base, struct grpc_server *srv, const struct api_opts *o);
 void api_free(struct api *a);
+
+/* Attaches the database and event hub once they exist (borrowed; both must
+ * outlive every call). */
+void api_set_backend(struct api *a, struct store *store, struct events_hub *hub);
 
 /* Replaces the compute-driver snapshot shown by GetGatewayInfo (copied). */
 void api_set_drivers(struct api *a, const struct api_driver_info *drivers, size_t n);

@@ -15,14 +15,17 @@
 #include "api/api.h"
 #include "config.h"
 #include "config/config.h"
+#include "events/events.h"
 #include "http2/grpc.h"
 #include "reactor/reactor.h"
+#include "store/store.h"
 
 /* Gateway states, forward only. */
 enum gw_state {
-    GW_STARTING,
+    GW_STARTING, /* database coming up; no listeners yet */
     GW_SERVING,
     GW_DRAINING, /* first SIGTERM/SIGINT: no new connections, calls finish */
+    GW_STOPPING, /* calls done: closing the database, stopping the embedded server */
     GW_STOPPED,
 };
 
@@ -40,13 +43,18 @@ struct gateway {
     struct gateway_http *metrics_http;
     struct reactor_timer *drain_timer;
     struct reactor_timer *watchdog_timer;
+    struct store *store;
+    struct store_embedded *embedded;
+    struct events_hub *hub;
     enum gw_state state;
     uint64_t drain_deadline_us;
+    int exit_code;
 };
 
 static void gw_set_state(struct gateway *g, enum gw_state s)
 {
-    static const char *const names[] = {"starting", "serving", "draining", "stopped"};
+    static const char *const names[] = {"starting", "serving", "draining", "stopping",
+                                        "stopped"};
     GW_ASSERT(s >= g->state);
     log_debug("gateway.state", LF_STR("from", names[g->state]), LF_STR("to", names[s]));
     g->state = s;
@@ -94,6 +102,33 @@ static void stop_listeners(struct gateway *g)
         reactor_listener_disable(g->unix_l);
 }
 
+static void embedded_stopped(void *arg)
+{
+    struct gateway *g = arg;
+    g->embedded = NULL;
+    gw_set_state(g, GW_STOPPED);
+    reactor_stop(g->r);
+}
+
+/* Calls are done: close the database side, then stop the embedded server
+ * (its shutdown is asynchronous, so the loop keeps running until it exits). */
+static void stop_backend(struct gateway *g)
+{
+    gw_set_state(g, GW_STOPPING);
+    grpc_server_close_all(g->srv);
+    api_end_streams(g->api);
+    api_set_backend(g->api, NULL, NULL);
+    store_free(g->store);
+    g->store = NULL;
+    events_hub_free(g->hub);
+    g->hub = NULL;
+    if (g->embedded != NULL) {
+        store_embedded_stop(g->embedded, 15000, embedded_stopped, g);
+        return;
+    }
+    embedded_stopped(g);
+}
+
 static void drain_tick(struct reactor_timer *t, void *arg)
 {
     struct gateway *g = arg;
@@ -103,13 +138,11 @@ static void drain_tick(struct reactor_timer *t, void *arg)
         log_info("gateway.drained");
     } else if (gw_clock_mono_us() >= g->drain_deadline_us) {
         log_warn("gateway.drain_deadline", LF_UINT("calls", calls), LF_UINT("connections", conns));
-        grpc_server_close_all(g->srv);
     } else {
         return;
     }
     reactor_timer_disarm(t);
-    gw_set_state(g, GW_STOPPED);
-    reactor_stop(g->r);
+    stop_backend(g);
 }
 
 static void begin_drain(struct gateway *g)
@@ -129,18 +162,24 @@ static void begin_drain(struct gateway *g)
 static void on_terminate(int signo, void *arg)
 {
     struct gateway *g = arg;
-    if (g->state == GW_SERVING || g->state == GW_STARTING) {
+    if (g->state == GW_SERVING) {
         log_info("gateway.stopping", LF_STR("signal", strsignal(signo)),
                  LF_UINT("grace_ms", g->cfg.shutdown_grace_ms));
         begin_drain(g);
         return;
     }
-    /* A second signal does not wait. */
+    if (g->state == GW_STARTING) {
+        log_info("gateway.stopping", LF_STR("signal", strsignal(signo)));
+        stop_backend(g);
+        return;
+    }
+    /* A second signal does not wait for calls (the embedded database, if
+     * any, still gets its bounded stop). */
     log_warn("gateway.stop_now", LF_STR("signal", strsignal(signo)));
-    grpc_server_close_all(g->srv);
-    if (g->state != GW_STOPPED)
-        gw_set_state(g, GW_STOPPED);
-    reactor_stop(g->r);
+    if (g->state == GW_DRAINING) {
+        reactor_timer_disarm(g->drain_timer);
+        stop_backend(g);
+    }
 }
 
 /* SIGHUP reloads what can change without dropping connections: log level
@@ -254,6 +293,91 @@ static int install_signals(struct gateway *g)
     return 0;
 }
 
+/* The database is up for the first time: open the doors. */
+static void serve(struct gateway *g)
+{
+    const struct config *c = &g->cfg;
+    if (start_listeners(g) != 0) {
+        g->exit_code = 1;
+        stop_backend(g);
+        return;
+    }
+    gw_set_state(g, GW_SERVING);
+    log_info("gateway.ready", LF_STR("version", PACKAGE_VERSION),
+             LF_BOOL("diagnostics", c->enable_diagnostics),
+             LF_STR("database", g->embedded ? "embedded" : "external"));
+    (void)reactor_sd_notify(g->r, "READY=1");
+}
+
+static void on_store_state(struct store *s, bool up, void *arg)
+{
+    struct gateway *g = arg;
+    if (g->hub)
+        events_hub_store_state(g->hub, up);
+    if (store_is_fatal(s)) {
+        log_error("gateway.database_failed", LF_STR("error", store_last_error(s)));
+        g->exit_code = 1;
+        if (g->state == GW_STARTING || g->state == GW_SERVING)
+            stop_backend(g);
+        return;
+    }
+    if (up && g->state == GW_STARTING)
+        serve(g);
+}
+
+static void on_store_notify(struct store *s, const char *payload, void *arg)
+{
+    struct gateway *g = arg;
+    if (g->hub)
+        events_hub_notify(g->hub, payload);
+}
+
+static void on_store_listen_reset(struct store *s, void *arg)
+{
+    struct gateway *g = arg;
+    if (g->hub)
+        events_hub_listen_reset(g->hub);
+}
+
+static int open_store(struct gateway *g, const char *conninfo)
+{
+    char err[512];
+    struct store_opts so = {
+        .conninfo = conninfo,
+        .listen_channel = "gw_events",
+        .on_state = on_store_state,
+        .on_notify = on_store_notify,
+        .on_listen_reset = on_store_listen_reset,
+        .arg = g,
+    };
+    g->store = store_new(g->r, &so, err, sizeof(err));
+    if (g->store == NULL) {
+        log_error("gateway.database_config", LF_STR("error", err));
+        return -1;
+    }
+    struct events_hub_opts ho = {0};
+    g->hub = events_hub_new(g->r, g->store, &ho);
+    api_set_backend(g->api, g->store, g->hub);
+    store_start(g->store);
+    return 0;
+}
+
+static void on_embedded(struct store_embedded *e, bool ok, const char *conninfo, const char *err,
+                        void *arg)
+{
+    struct gateway *g = arg;
+    if (!ok) {
+        log_error("gateway.embedded_database_failed", LF_STR("error", err));
+        g->exit_code = 1;
+        stop_backend(g);
+        return;
+    }
+    if (open_store(g, conninfo) != 0) {
+        g->exit_code = 1;
+        stop_backend(g);
+    }
+}
+
 static int startup(struct gateway *g)
 {
     const struct config *c = &g->cfg;
@@ -284,19 +408,26 @@ static int startup(struct gateway *g)
     g->api = api_new(reactor_base(g->r), g->srv, &ao);
     if (g->api == NULL)
         return -1;
-    if (install_signals(g) != 0 || start_listeners(g) != 0)
+    if (install_signals(g) != 0)
         return -1;
-    gw_set_state(g, GW_SERVING);
-    log_info("gateway.ready", LF_STR("version", PACKAGE_VERSION),
-             LF_BOOL("diagnostics", c->enable_diagnostics));
-    (void)reactor_sd_notify(g->r, "READY=1");
-    return 0;
+    /* Listeners open once the database is usable (serve()). */
+    if (c->db_url != NULL)
+        return open_store(g, c->db_url);
+    log_info("gateway.embedded_database", LF_STR("state_dir", c->state_dir));
+    g->embedded = store_embedded_start(g->r, c->state_dir, GW_PG_BIN, on_embedded, g);
+    return g->embedded ? 0 : -1;
 }
 
 static void teardown(struct gateway *g)
 {
     if (g->srv)
         grpc_server_close_all(g->srv);
+    if (g->api) {
+        api_end_streams(g->api);
+        api_set_backend(g->api, NULL, NULL);
+    }
+    store_free(g->store);
+    events_hub_free(g->hub);
     reactor_timer_free(g->drain_timer);
     reactor_timer_free(g->watchdog_timer);
     reactor_listener_free(g->tcp);
@@ -343,8 +474,8 @@ int main(int argc, char **argv)
         log_error("gateway.loop_failed");
         goto out;
     }
-    code = 0;
-    log_info("gateway.stopped");
+    code = g.exit_code;
+    log_info("gateway.stopped", LF_INT("exit_code", code));
 out:
     teardown(&g);
     return code;

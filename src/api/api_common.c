@@ -1,0 +1,65 @@
+/* Helpers shared by the store-backed handlers. */
+#include "api/api.h"
+
+#include <stdio.h>
+
+#include "api/api_int.h"
+#include "store/store.h"
+
+void api_finish_store_error(struct grpc_call *call, const struct store_result *r,
+                            const char *what)
+{
+    switch (r->status) {
+    case STORE_ERR_UNAVAILABLE:
+    case STORE_ERR_BUSY:
+        grpc_call_finish(call, GRPC_STATUS_UNAVAILABLE, "database unavailable; retry later");
+        return;
+    case STORE_ERR_TIMEOUT:
+        grpc_call_finish(call, GRPC_STATUS_UNAVAILABLE, "database did not answer in time");
+        return;
+    default:
+        break;
+    }
+    if (store_is_unique_violation(r)) {
+        grpc_call_finishf(call, GRPC_STATUS_ALREADY_EXISTS, "%s already exists", what);
+        return;
+    }
+    log_error("api.store_error", LF_STR("method", grpc_call_method(call)->path),
+              LF_STR("sqlstate", r->sqlstate), LF_STR("error", r->error));
+    grpc_call_finish(call, GRPC_STATUS_INTERNAL, "internal database error");
+}
+
+bool api_store_unavailable(struct grpc_call *call)
+{
+    struct api *a = grpc_call_method_arg(call);
+    if (a->opts.store != NULL && store_is_up(a->opts.store))
+        return false;
+    grpc_call_finish(call, GRPC_STATUS_UNAVAILABLE, "database unavailable; retry later");
+    return true;
+}
+
+const char *api_workspace_name(const char *w)
+{
+    return (w == NULL || w[0] == '\0') ? "default" : w;
+}
+
+unsigned api_page_limit(uint32_t limit)
+{
+    if (limit == 0)
+        return 100;
+    return limit > 1000 ? 1000 : limit;
+}
+
+const char *api_u64(char *buf, uint64_t v)
+{
+    snprintf(buf, 24, "%llu", (unsigned long long)v);
+    return buf;
+}
+
+bool api_principal_may_read(struct grpc_call *call, const struct store_result *r, int row)
+{
+    const struct api_principal *p = api_call_principal(call);
+    (void)r;
+    (void)row;
+    return p != NULL && p->platform_admin;
+}

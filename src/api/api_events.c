@@ -1,0 +1,365 @@
+/* openshell.events.v1.Events/Subscribe (the lifecycle stream for platform
+ * schedulers) and openshell.v1.OpenShell/WatchSandbox, both fed by the
+ * events hub. */
+#include "api/api.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "api/api_int.h"
+#include "events.pb-c.h"
+#include "events/events.h"
+#include "labels/labels.h"
+#include "openshell.pb-c.h"
+#include "store/store.h"
+
+/* A long-lived stream fed by a hub subscription. */
+struct ev_stream {
+    struct grpc_call *call;
+    struct api *api;
+    struct events_sub *sub;
+    struct labels_selector sel;
+    bool have_sel;
+    struct ev_stream *prev, *next;
+    /* WatchSandbox */
+    char sandbox_id[37];
+    bool follow_status, stop_on_terminal;
+    bool reading;  /* a snapshot read is in flight */
+    bool sent;     /* the first snapshot went out */
+    bool dirty;    /* another change arrived while reading or congested */
+    bool ending;   /* finished or cancelled: free when the read returns */
+};
+
+/* ---- registry (so a drain can end every stream) ------------------------- */
+
+static struct ev_stream *stream_new(struct grpc_call *call)
+{
+    struct api *a = grpc_call_method_arg(call);
+    struct ev_stream *st = gw_xcalloc(1, sizeof(*st));
+    st->call = call;
+    st->api = a;
+    st->next = a->ev_streams;
+    if (st->next)
+        st->next->prev = st;
+    a->ev_streams = st;
+    grpc_call_set_user(call, st);
+    return st;
+}
+
+/* Detaches from the call and the hub; frees unless a read is in flight. */
+static void stream_end(struct ev_stream *st)
+{
+    if (st->ending)
+        return;
+    st->ending = true;
+    struct api *a = st->api;
+    if (st->prev)
+        st->prev->next = st->next;
+    else
+        a->ev_streams = st->next;
+    if (st->next)
+        st->next->prev = st->prev;
+    events_sub_free(st->sub);
+    st->sub = NULL;
+    if (st->have_sel)
+        labels_selector_free(&st->sel);
+    if (!st->reading)
+        free(st);
+}
+
+static void stream_finish(struct ev_stream *st, int status, const char *msg)
+{
+    struct grpc_call *call = st->call;
+    stream_end(st);
+    grpc_call_finish(call, status, msg);
+}
+
+static void stream_cancel(struct grpc_call *call)
+{
+    struct ev_stream *st = grpc_call_user(call);
+    if (st != NULL)
+        stream_end(st);
+}
+
+void api_events_end_all(struct api *a)
+{
+    while (a->ev_streams != NULL)
+        stream_finish(a->ev_streams, GRPC_STATUS_UNAVAILABLE, "server is shutting down");
+}
+
+/* ---- conversion ---------------------------------------------------------------- */
+
+static Openshell__V1__SandboxPhase phase_of(const char *name)
+{
+    char buf[64];
+    snprintf(buf, sizeof(buf), "SANDBOX_PHASE_%s", name);
+    const ProtobufCEnumValue *v =
+        protobuf_c_enum_descriptor_get_value_by_name(&openshell__v1__sandbox_phase__descriptor, buf);
+    return v ? (Openshell__V1__SandboxPhase)v->value
+             : OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_UNSPECIFIED;
+}
+
+/* ---- Subscribe --------------------------------------------------------------------- */
+
+static bool sub_event(struct events_sub *sub, const struct events_event *ev, void *arg)
+{
+    struct ev_stream *st = arg;
+    Openshell__Events__V1__LifecycleEvent le = OPENSHELL__EVENTS__V1__LIFECYCLE_EVENT__INIT;
+    Openshell__Events__V1__SubscribeResponse resp =
+        OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__INIT;
+    le.sequence = ev->seq;
+    le.kind = (char *)ev->kind;
+    le.workspace = (char *)ev->workspace;
+    le.sandbox_id = (char *)ev->sandbox_id;
+    le.sandbox_name = (char *)ev->sandbox_name;
+    le.previous_phase = phase_of(ev->prev_phase);
+    le.new_phase = phase_of(ev->new_phase);
+    le.actor = (char *)ev->actor;
+    le.reason = (char *)ev->reason;
+    le.payload_json = (char *)ev->payload_json;
+    le.timestamp_ms = ev->created_at_ms;
+    /* Label entries live in a scratch arena-free block: the call arena
+     * would grow with every event of a long stream. */
+    json_t *obj = json_loads(ev->labels_json, 0, NULL);
+    size_t n = json_is_object(obj) ? json_object_size(obj) : 0;
+    Openshell__Events__V1__LifecycleEvent__LabelsEntry entries[n ? n : 1];
+    Openshell__Events__V1__LifecycleEvent__LabelsEntry *ptrs[n ? n : 1];
+    const char *k;
+    json_t *v;
+    json_object_foreach(obj, k, v)
+    {
+        if (!json_is_string(v))
+            continue;
+        openshell__events__v1__lifecycle_event__labels_entry__init(&entries[le.n_labels]);
+        entries[le.n_labels].key = (char *)k;
+        entries[le.n_labels].value = (char *)json_string_value(v);
+        ptrs[le.n_labels] = &entries[le.n_labels];
+        le.n_labels++;
+    }
+    le.labels = ptrs;
+    resp.payload_case = OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__PAYLOAD_EVENT;
+    resp.event = &le;
+    int rv = grpc_call_send(st->call, &resp.base);
+    json_decref(obj);
+    if (rv < 0) { /* the call is over (overrun or closed) */
+        stream_end(st);
+        return false;
+    }
+    return rv == GRPC_SEND_OK;
+}
+
+static void sub_caught_up(struct events_sub *sub, uint64_t seq, void *arg)
+{
+    struct ev_stream *st = arg;
+    Openshell__Events__V1__CaughtUp cu = OPENSHELL__EVENTS__V1__CAUGHT_UP__INIT;
+    Openshell__Events__V1__SubscribeResponse resp =
+        OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__INIT;
+    cu.sequence = seq;
+    resp.payload_case = OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__PAYLOAD_CAUGHT_UP;
+    resp.caught_up = &cu;
+    if (grpc_call_send(st->call, &resp.base) < 0)
+        stream_end(st);
+}
+
+static void stream_writable(struct grpc_call *call)
+{
+    struct ev_stream *st = grpc_call_user(call);
+    if (st != NULL && st->sub != NULL)
+        events_sub_resume(st->sub);
+}
+
+static void subscribe(struct grpc_call *call, void *msg)
+{
+    struct api *a = grpc_call_method_arg(call);
+    const struct api_principal *p = api_call_principal(call);
+    Openshell__Events__V1__SubscribeRequest *req = msg;
+    char err[256];
+
+    if (a->opts.hub == NULL || !events_hub_ready(a->opts.hub)) {
+        grpc_call_finish(call, GRPC_STATUS_UNAVAILABLE, "event stream not ready; retry later");
+        return;
+    }
+    if (req->all_workspaces && req->workspace[0] != '\0') {
+        grpc_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT,
+                         "all_workspaces must not be combined with workspace");
+        return;
+    }
+    if (req->all_workspaces && !p->platform_admin) {
+        grpc_call_finish(call, GRPC_STATUS_PERMISSION_DENIED,
+                         "all_workspaces requires the platform admin role");
+        return;
+    }
+    struct labels_selector sel = {0};
+    if (labels_selector_parse(req->label_selector, &sel, err, sizeof(err)) != 0) {
+        grpc_call_finishf(call, GRPC_STATUS_INVALID_ARGUMENT, "invalid label_selector: %s", err);
+        return;
+    }
+    struct ev_stream *st = stream_new(call);
+    st->sel = sel;
+    st->have_sel = true;
+    /* protobuf-c repeated strings are not NULL-terminated. */
+    const char **kinds = grpc_call_alloc(call, (req->n_kinds + 1) * sizeof(char *));
+    for (size_t i = 0; i < req->n_kinds; i++)
+        kinds[i] = req->kinds[i];
+    kinds[req->n_kinds] = NULL;
+    struct events_filter f = {
+        .workspace = req->all_workspaces ? NULL : api_workspace_name(req->workspace),
+        .sel = sel.n > 0 ? &st->sel : NULL,
+        .kinds = kinds,
+    };
+    st->sub = events_sub_new(a->opts.hub, req->after_sequence, &f, sub_event, sub_caught_up, st);
+}
+
+/* ---- WatchSandbox ---------------------------------------------------------------------- */
+
+static void watch_read(struct ev_stream *st);
+
+static void watch_got(const struct store_result *r, void *arg)
+{
+    struct ev_stream *st = arg;
+    st->reading = false;
+    if (st->ending) {
+        free(st);
+        return;
+    }
+    if (r->status != STORE_OK) {
+        struct grpc_call *call = st->call;
+        stream_end(st);
+        api_finish_store_error(call, r, "sandbox");
+        return;
+    }
+    if (store_ntuples(r) == 0) {
+        /* Gone: before the first snapshot that is NOT_FOUND, later it ends
+         * the stream normally (upstream ends OK when the record vanishes). */
+        if (st->sent)
+            stream_finish(st, GRPC_STATUS_OK, NULL);
+        else
+            stream_finish(st, GRPC_STATUS_NOT_FOUND, "sandbox not found");
+        return;
+    }
+    if (!st->sent && !api_principal_may_read(st->call, r, 0)) {
+        /* No existence oracle: an inaccessible sandbox is "not found". */
+        stream_finish(st, GRPC_STATUS_NOT_FOUND, "sandbox not found");
+        return;
+    }
+    st->sent = true;
+    Openshell__V1__Sandbox *sb = api_sandbox_from_row(st->call, r, 0);
+    Openshell__V1__SandboxStreamEvent ev = OPENSHELL__V1__SANDBOX_STREAM_EVENT__INIT;
+    ev.payload_case = OPENSHELL__V1__SANDBOX_STREAM_EVENT__PAYLOAD_SANDBOX;
+    ev.sandbox = sb;
+    int rv = grpc_call_send(st->call, &ev.base);
+    bool ready = sb->status && sb->status->phase == OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_READY;
+    api_sandbox_free_unpacked(sb);
+    if (rv < 0) {
+        stream_end(st);
+        return;
+    }
+    if (st->stop_on_terminal && ready) {
+        stream_finish(st, GRPC_STATUS_OK, NULL);
+        return;
+    }
+    if (st->dirty && rv == GRPC_SEND_OK) {
+        st->dirty = false;
+        watch_read(st);
+    }
+}
+
+static void watch_read(struct ev_stream *st)
+{
+    const char *params[] = {st->sandbox_id};
+    if (st->reading)
+        return;
+    if (store_query(st->api->opts.store, &store_sb_get_by_id, params, NULL, watch_got, st) != 0) {
+        stream_finish(st, GRPC_STATUS_UNAVAILABLE, "database unavailable; retry later");
+        return;
+    }
+    st->reading = true;
+}
+
+/* Every change of this sandbox: read a fresh snapshot (coalesced while a
+ * read is in flight or the client is slow). */
+static bool watch_event(struct events_sub *sub, const struct events_event *ev, void *arg)
+{
+    struct ev_stream *st = arg;
+    bool deleted = strcmp(ev->kind, "sandbox.deleted") == 0;
+    if (!st->follow_status && !deleted)
+        return true;
+    if (st->reading || grpc_call_congested(st->call)) {
+        st->dirty = true;
+        return true;
+    }
+    watch_read(st);
+    return true;
+}
+
+static void watch_writable(struct grpc_call *call)
+{
+    struct ev_stream *st = grpc_call_user(call);
+    if (st != NULL && st->dirty && !st->reading) {
+        st->dirty = false;
+        watch_read(st);
+    }
+}
+
+static bool uuid_text(const char *s)
+{
+    if (strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
+                                   (s[i] >= 'A' && s[i] <= 'F')))
+            return false;
+    }
+    return true;
+}
+
+static void watch_sandbox(struct grpc_call *call, void *msg)
+{
+    struct api *a = grpc_call_method_arg(call);
+    Openshell__V1__WatchSandboxRequest *req = msg;
+
+    if (req->id[0] == '\0') {
+        grpc_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "id is required");
+        return;
+    }
+    if (!uuid_text(req->id)) {
+        grpc_call_finish(call, GRPC_STATUS_NOT_FOUND, "sandbox not found");
+        return;
+    }
+    if (api_store_unavailable(call))
+        return;
+    if (a->opts.hub == NULL || !events_hub_ready(a->opts.hub)) {
+        grpc_call_finish(call, GRPC_STATUS_UNAVAILABLE, "event stream not ready; retry later");
+        return;
+    }
+    struct ev_stream *st = stream_new(call);
+    snprintf(st->sandbox_id, sizeof(st->sandbox_id), "%s", req->id);
+    for (char *c = st->sandbox_id; *c; c++)
+        if (*c >= 'A' && *c <= 'F')
+            *c = (char)(*c - 'A' + 'a');
+    st->follow_status = req->follow_status;
+    st->stop_on_terminal = req->stop_on_terminal;
+    /* Subscribe first, then read: a change between the two is seen twice
+     * (harmless), never lost. */
+    struct events_filter f = {.sandbox_id = st->sandbox_id};
+    st->sub = events_sub_new(a->opts.hub, events_hub_head(a->opts.hub), &f, watch_event, NULL, st);
+    watch_read(st);
+}
+
+static const struct grpc_handler subscribe_h = {
+    .on_message = subscribe, .on_cancel = stream_cancel, .on_writable = stream_writable};
+static const struct grpc_handler watch_h = {
+    .on_message = watch_sandbox, .on_cancel = stream_cancel, .on_writable = watch_writable};
+
+const struct grpc_method api_events_methods[] = {
+    {"/openshell.events.v1.Events/Subscribe", GRPC_SERVER_STREAM,
+     &openshell__events__v1__subscribe_request__descriptor,
+     &openshell__events__v1__subscribe_response__descriptor, &subscribe_h, NULL, API_AUTH_BEARER},
+    {"/openshell.v1.OpenShell/WatchSandbox", GRPC_SERVER_STREAM,
+     &openshell__v1__watch_sandbox_request__descriptor,
+     &openshell__v1__sandbox_stream_event__descriptor, &watch_h, NULL, API_AUTH_BEARER},
+    {.path = NULL},
+};
