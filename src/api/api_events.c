@@ -245,6 +245,9 @@ static void watch_got(const struct store_result *r, void *arg)
         return;
     }
     st->sent = true;
+    /* Each snapshot is built in scratch memory and released once sent: a
+     * long watch does not grow the call arena. */
+    grpc_call_scratch_begin(st->call);
     Openshell__V1__Sandbox *sb = api_sandbox_from_row(st->call, r, 0);
     Openshell__V1__SandboxStreamEvent ev = OPENSHELL__V1__SANDBOX_STREAM_EVENT__INIT;
     ev.payload_case = OPENSHELL__V1__SANDBOX_STREAM_EVENT__PAYLOAD_SANDBOX;
@@ -252,6 +255,7 @@ static void watch_got(const struct store_result *r, void *arg)
     int rv = grpc_call_send(st->call, &ev.base);
     bool ready = sb->status && sb->status->phase == OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_READY;
     api_sandbox_free_unpacked(sb);
+    grpc_call_scratch_end(st->call);
     if (rv < 0) {
         stream_end(st);
         return;

@@ -235,6 +235,11 @@ char *grpc_call_strdup(struct grpc_call *call, const char *s);
  * that is sent before returning, on long streams where the call arena
  * would grow with every message. Never NULL. */
 void *grpc_call_scratch_alloc(struct grpc_call *call, size_t n);
+/* Outside handler callbacks (e.g. in a database callback of a long
+ * stream): between begin and end, grpc_call_alloc/strdup take scratch
+ * memory, and end releases it. Send what you built before calling end. */
+void grpc_call_scratch_begin(struct grpc_call *call);
+void grpc_call_scratch_end(struct grpc_call *call);
 /* True once GRPC_SEND_FULL was returned and on_writable has not yet run. */
 bool grpc_call_congested(const struct grpc_call *call);
 /* Bytes queued for this call and not yet written to the socket. */

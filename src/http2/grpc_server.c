@@ -63,6 +63,7 @@ struct grpc_call {
     bool on_wlist;
     ProtobufCAllocator alloc;
     struct arena scratch; /* released after every handler callback */
+    bool alloc_scratch;   /* grpc_call_alloc/strdup use |scratch| (grpc_call_scratch_begin) */
     ProtobufCAllocator scratch_alloc;
     struct gw_buf tbuf;
     char status_text[12];
@@ -816,12 +817,23 @@ uint64_t grpc_call_deadline_us(const struct grpc_call *call)
 
 void *grpc_call_alloc(struct grpc_call *call, size_t n)
 {
-    return arena_alloc(&call->arena, n);
+    return arena_alloc(call->alloc_scratch ? &call->scratch : &call->arena, n);
 }
 
 char *grpc_call_strdup(struct grpc_call *call, const char *s)
 {
-    return arena_strndup(&call->arena, s, strlen(s));
+    return arena_strndup(call->alloc_scratch ? &call->scratch : &call->arena, s, strlen(s));
+}
+
+void grpc_call_scratch_begin(struct grpc_call *call)
+{
+    call->alloc_scratch = true;
+}
+
+void grpc_call_scratch_end(struct grpc_call *call)
+{
+    call->alloc_scratch = false;
+    arena_release(&call->scratch);
 }
 
 void *grpc_call_scratch_alloc(struct grpc_call *call, size_t n)

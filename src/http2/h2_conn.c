@@ -36,6 +36,7 @@ struct h2_conn {
     uint32_t keepalive_ms, keepalive_timeout_ms;
     uint64_t last_read_us, ping_sent_us;
     bool ping_outstanding;
+    bool goaway_final; /* the second GOAWAY was submitted */
     bool flush_scheduled;
     bool write_blocked; /* send stopped at the high-water mark */
     int depth;          /* nesting of our own callbacks: free is deferred while > 0 */
@@ -45,6 +46,15 @@ struct h2_conn {
 
 static void conn_free(struct h2_conn *c);
 static void conn_flush(struct h2_conn *c);
+
+/* Second GOAWAY step: the last stream id we will process. */
+static void send_final_goaway(struct h2_conn *c)
+{
+    int32_t last = nghttp2_session_get_last_proc_stream_id(c->ngh);
+    c->goaway_final = true;
+    nghttp2_submit_goaway(c->ngh, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, NULL, 0);
+    h2_conn_schedule_flush(c);
+}
 
 /* ---- stream list -------------------------------------------------------- */
 
@@ -210,8 +220,13 @@ static int frame_recv_cb(nghttp2_session *s, const nghttp2_frame *f, void *arg)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         break;
     case NGHTTP2_PING:
-        if (f->hd.flags & NGHTTP2_FLAG_ACK)
+        if (f->hd.flags & NGHTTP2_FLAG_ACK) {
             c->ping_outstanding = false;
+            /* The peer answered the PING sent with the shutdown notice, so
+             * every request it sent before seeing the notice has arrived. */
+            if (c->state == H2_CONN_DRAINING && c->role == H2_SERVER && !c->goaway_final)
+                send_final_goaway(c);
+        }
         break;
     default:
         break;
@@ -401,9 +416,8 @@ static void goaway_final_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct h2_conn *c = arg;
     conn_enter(c);
-    if (c->state == H2_CONN_DRAINING) {
-        int32_t last = nghttp2_session_get_last_proc_stream_id(c->ngh);
-        nghttp2_submit_goaway(c->ngh, NGHTTP2_FLAG_NONE, last, NGHTTP2_NO_ERROR, NULL, 0);
+    if (c->state == H2_CONN_DRAINING && !c->goaway_final) {
+        send_final_goaway(c);
         conn_flush(c);
     }
     conn_leave(c);
@@ -598,8 +612,13 @@ void h2_conn_shutdown(struct h2_conn *c)
     c->state = H2_CONN_DRAINING;
     if (c->role == H2_SERVER) {
         nghttp2_submit_shutdown_notice(c->ngh);
-        /* The final GOAWAY follows after about one round trip, so requests
-         * already in flight when the notice was sent are still accepted. */
+        /* The final GOAWAY follows one round trip later, so requests already
+         * in flight when the notice was sent are still accepted: when the
+         * PING sent now is answered, or after 1 s at the latest. */
+        if (nghttp2_submit_ping(c->ngh, NGHTTP2_FLAG_NONE, NULL) == 0) {
+            c->ping_outstanding = true;
+            c->ping_sent_us = gw_clock_mono_us();
+        }
         struct timeval tv = {1, 0};
         evtimer_add(c->goaway_ev, &tv);
     } else {
