@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
@@ -88,7 +89,13 @@ void config_init(struct config *c)
         int rc = config_option_set_text(c, o, o->def, o->name, NULL, 0);
         GW_ASSERT(rc == 0);
     }
-    c->state_dir = xdg_path("XDG_STATE_HOME", ".local/state", "openshell/gateway");
+    /* root runs as a system service: its state lives under /var/lib, which
+     * the embedded database's postgres user can traverse (root's home is
+     * 0700). Other users get the XDG location. */
+    if (geteuid() == 0 && getenv("XDG_STATE_HOME") == NULL)
+        c->state_dir = gw_xstrdup("/var/lib/openshell/gateway");
+    else
+        c->state_dir = xdg_path("XDG_STATE_HOME", ".local/state", "openshell/gateway");
 }
 
 void config_free(struct config *c)

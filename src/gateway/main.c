@@ -220,6 +220,8 @@ static void watchdog_tick(struct reactor_timer *t, void *arg)
 
 /* ---- startup ------------------------------------------------------------------ */
 
+/* Creates the state directory (0700) and missing parents (0755, like any
+ * directory under /var/lib: the embedded database's user must traverse them). */
 static int make_dirs(const char *path)
 {
     char *p = gw_xstrdup(path);
@@ -228,7 +230,7 @@ static int make_dirs(const char *path)
         if (*s != '/')
             continue;
         *s = '\0';
-        if (mkdir(p, 0700) != 0 && errno != EEXIST)
+        if (mkdir(p, 0755) != 0 && errno != EEXIST)
             rv = -1;
         *s = '/';
     }
