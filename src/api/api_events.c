@@ -191,6 +191,14 @@ static void subscribe(struct grpc_call *call, void *msg)
                          "all_workspaces requires the platform admin role");
         return;
     }
+    /* Only platform admins exist until an identity provider supplies
+     * workspace roles (every authenticated user is one, as upstream without
+     * OIDC); refuse anyone else rather than stream a workspace unchecked. */
+    if (!p->platform_admin) {
+        grpc_call_finish(call, GRPC_STATUS_PERMISSION_DENIED,
+                         "the event stream requires the platform admin role");
+        return;
+    }
     struct labels_selector sel = {0};
     if (labels_selector_parse(req->label_selector, &sel, err, sizeof(err)) != 0) {
         grpc_call_finishf(call, GRPC_STATUS_INVALID_ARGUMENT, "invalid label_selector: %s", err);

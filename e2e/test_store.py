@@ -1,0 +1,77 @@
+"""Store startup: concurrent migrations, failing migrations, bad URLs."""
+import threading
+import uuid
+
+import pytest
+
+
+def fresh_db(postgres):
+    name = "st_" + uuid.uuid4().hex[:12]
+    postgres.sql(f"CREATE DATABASE {name}")
+    return name, f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/{name}"
+
+
+@pytest.mark.postgres
+def test_two_gateways_migrate_the_same_database_at_once(postgres, gateway_factory):
+    name, url = fresh_db(postgres)
+    gws, errors = [], []
+
+    def start(i):
+        try:
+            gws.append(gateway_factory(["--disable-tls", "--port", "0", "--db-url", url],
+                                       name=f"gw{i}"))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert len(gws) == 3
+    rows = postgres.sql("SELECT version, name FROM schema_migrations ORDER BY version", dbname=name)
+    assert rows.strip().splitlines() == ["1|001_init"]
+    # Exactly one default workspace, and every gateway serves.
+    assert postgres.sql("SELECT count(*) FROM workspaces WHERE name = 'default'",
+                        dbname=name).strip() == "1"
+    applied = sum(gw.log_text().count('"store.migration_apply"') for gw in gws)
+    assert applied == 1
+
+
+@pytest.mark.postgres
+def test_failing_migration_stops_the_gateway_with_its_error(postgres, gateway_factory):
+    name, url = fresh_db(postgres)
+    # Something in the way of migration 001: it must fail, roll back, and the
+    # gateway must exit non-zero naming the migration.
+    postgres.sql("CREATE TABLE workspaces (x int)", dbname=name)
+    gw = gateway_factory(["--disable-tls", "--port", "0", "--db-url", url], wait=False)
+    code = gw.wait_exit(30)
+    assert code is not None and code != 0
+    log = gw.log_text()
+    assert "store.migration_failed" in log
+    assert "001_init" in log
+    # Nothing half-applied.
+    assert postgres.sql("SELECT count(*) FROM schema_migrations", dbname=name).strip() == "0"
+    assert postgres.sql("SELECT to_regclass('sandbox_events') IS NULL", dbname=name).strip() == "t"
+
+
+def test_db_url_needing_dns_is_refused(gateway_factory):
+    gw = gateway_factory(["--disable-tls", "--port", "0", "--db-url",
+                          "postgresql://u@db.example.invalid:5432/x"], wait=False)
+    code = gw.wait_exit(15)
+    assert code is not None and code != 0
+    assert "DNS" in gw.log_text()
+
+
+@pytest.mark.postgres
+def test_gateway_waits_for_an_unreachable_database_without_serving(postgres, gateway_factory):
+    # Nothing listens on this port: the gateway keeps retrying, does not open
+    # its listeners, and still stops cleanly on SIGTERM.
+    gw = gateway_factory(["--disable-tls", "--port", "0", "--db-url",
+                          "postgresql://u@127.0.0.1:1/none"], wait=False)
+    assert gw.wait_exit(3) is None
+    log = gw.log_text()
+    assert "store.conn_reset" in log
+    assert "gateway.ready" not in log
+    assert gw.stop() == 0
