@@ -145,6 +145,7 @@ struct events_sub {
     bool dead;        /* freed while pumping or querying: free later */
     bool caught_up;   /* on_caught_up delivered */
     int pumping;
+    uint64_t query_hi; /* hub head when the page query was sent */
     struct events_event **page;
     size_t page_n, page_i;
 };
@@ -426,10 +427,12 @@ static void page_done(const struct store_result *r, void *arg)
     }
     int n = store_ntuples(r);
     if (n == 0) {
-        /* Nothing stored between the cursor and the ring (history pruned):
-         * continue from the ring. */
-        if (sub->pos < sub->h->ring.lo)
-            sub->pos = sub->h->ring.lo;
+        /* No (matching) event between the cursor and what the database held
+         * when the query ran, which is at least the hub head then: skip to
+         * there, not to the ring's current start, which may have moved past
+         * events this query could not see. */
+        if (sub->pos < sub->query_hi)
+            sub->pos = sub->query_hi;
     } else {
         sub->page = gw_xcalloc((size_t)n, sizeof(*sub->page));
         for (int i = 0; i < n; i++)
@@ -447,6 +450,7 @@ static void sub_query_page(struct events_sub *sub)
     snprintf(limit, sizeof(limit), "%u", sub->h->o.page_size);
     const char *params[] = {after, limit, sub->workspace};
     const struct store_stmt *st = sub->workspace ? &store_ev_fetch_ws : &store_ev_fetch;
+    sub->query_hi = sub->h->ring.hi;
     if (store_query(sub->h->s, st, params, NULL, page_done, sub) == 0)
         sub->querying = true;
 }
@@ -482,7 +486,7 @@ static void sub_step(struct events_sub *sub)
             if (!sub->caught_up && h->known <= h->ring.hi) {
                 sub->caught_up = true;
                 if (sub->on_caught_up)
-                    sub->on_caught_up(sub, sub->pos, sub->arg);
+                    sub->on_caught_up(sub, h->ring.hi, sub->arg);
             }
             return;
         }

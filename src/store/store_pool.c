@@ -48,6 +48,7 @@ struct query {
     enum q_phase phase;
     bool prepare_sent;
     PGresult *res;    /* the query's result, kept until the sync */
+    bool commit_unknown; /* no sync result: the commit may not have happened */
     char *error_text; /* first error seen */
     char sqlstate[6];
 };
@@ -535,6 +536,13 @@ static int conn_send(struct pgconn *c, struct query *q)
     return 0;
 }
 
+/* SQLSTATE classes 08 (connection exception) and 57 (operator
+ * intervention, e.g. the server shutting down): not the query's fault. */
+static bool sqlstate_is_connection(const char *state)
+{
+    return strncmp(state, "08", 2) == 0 || strncmp(state, "57", 2) == 0;
+}
+
 static void note_error(struct query *q, PGresult *r)
 {
     if (q->error_text != NULL)
@@ -587,12 +595,16 @@ static void pipeline_result(struct pgconn *c, PGresult *r)
         q->res = r;
         return;
     case Q_SYNC:
-        if (r != NULL && st != PGRES_PIPELINE_SYNC) {
+        /* The implicit transaction commits at the sync point: only the sync
+         * result means it did. Anything else (the server going away between
+         * the rows and the commit) leaves the outcome unknown. */
+        if (r != NULL && st == PGRES_PIPELINE_SYNC) {
             PQclear(r);
-            return;
+            goto complete;
         }
-        if (r)
+        if (r != NULL)
             PQclear(r);
+        q->commit_unknown = true;
         goto complete;
     }
     return;
@@ -601,7 +613,10 @@ complete:
     if (c->head == NULL)
         c->tail = NULL;
     c->ninflight--;
-    if (q->error_text)
+    if (q->commit_unknown || sqlstate_is_connection(q->sqlstate))
+        query_fail(q, STORE_ERR_UNAVAILABLE,
+                   "database connection lost before the transaction committed");
+    else if (q->error_text)
         query_fail(q, STORE_ERR_QUERY, q->error_text);
     else
         query_fail(q, STORE_OK, NULL);
