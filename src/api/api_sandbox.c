@@ -255,5 +255,5 @@ const struct grpc_method api_sandbox_methods[] = {
     {"/openshell.v1.OpenShell/ListSandboxes", GRPC_UNARY,
      &openshell__v1__list_sandboxes_request__descriptor,
      &openshell__v1__list_sandboxes_response__descriptor, &list_sandboxes_h, NULL, API_AUTH_BEARER},
-    {NULL},
+    {.path = NULL},
 };

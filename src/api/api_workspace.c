@@ -695,5 +695,5 @@ const struct grpc_method api_workspace_methods[] = {
     METHOD(AddWorkspaceMember, add_workspace_member, add_member_h),
     METHOD(RemoveWorkspaceMember, remove_workspace_member, remove_member_h),
     METHOD(ListWorkspaceMembers, list_workspace_members, list_members_h),
-    {NULL},
+    {.path = NULL},
 };
