@@ -5,9 +5,10 @@
  * transaction as the state change they describe, and numbered afterwards
  * by gw_sequence_events() (dense sequence numbers in commit order; see
  * sql/001_init.sql). The hub:
- *   - runs the sequencer when this gateway wrote something, when another
- *     replica announces pending events (NOTIFY gw_events 'pending'), and
- *     once a second as a safety net;
+ *   - runs the sequencer right after this gateway committed events
+ *     (events_hub_kick), and once a second for events anyone else wrote
+ *     (psql, a gateway that died before sequencing); a 'pending'
+ *     notification, if some writer sends one, also triggers it;
  *   - learns new high-water marks from NOTIFY gw_events 'seq:N' (every
  *     replica sees every other replica's events) and fetches the new rows
  *     into a ring of recent events shared by all subscribers;

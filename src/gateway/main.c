@@ -341,6 +341,13 @@ static void on_store_listen_reset(struct store *s, void *arg)
         events_hub_listen_reset(g->hub);
 }
 
+static void on_store_events_written(struct store *s, void *arg)
+{
+    struct gateway *g = arg;
+    if (g->hub)
+        events_hub_kick(g->hub);
+}
+
 static int open_store(struct gateway *g, const char *conninfo)
 {
     char err[512];
@@ -350,6 +357,7 @@ static int open_store(struct gateway *g, const char *conninfo)
         .on_state = on_store_state,
         .on_notify = on_store_notify,
         .on_listen_reset = on_store_listen_reset,
+        .on_events_written = on_store_events_written,
         .arg = g,
     };
     g->store = store_new(g->r, &so, err, sizeof(err));

@@ -53,6 +53,7 @@ struct store_stmt {
     const char *name; /* unique, e.g. "ws_create" */
     const char *sql;
     int nparams;
+    bool writes_events; /* commits lifecycle events: on_events_written follows success */
 };
 
 struct store_opts {
@@ -69,6 +70,8 @@ struct store_opts {
     /* The LISTEN connection (re)connected: notifications may have been
      * missed while it was down. */
     void (*on_listen_reset)(struct store *s, void *arg);
+    /* A statement marked writes_events committed (after its callback). */
+    void (*on_events_written)(struct store *s, void *arg);
     void *arg;
 };
 

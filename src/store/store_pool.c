@@ -165,6 +165,17 @@ static void query_fail(struct query *q, int status, const char *err)
     query_free(q);
 }
 
+/* A write that records events committed: the event hub numbers them now
+ * rather than at its next tick. */
+static void query_succeed(struct store *s, struct query *q)
+{
+    bool events = q->stmt->writes_events;
+    query_answer(q, STORE_OK, NULL);
+    query_free(q);
+    if (events && s->o.on_events_written)
+        s->o.on_events_written(s, s->o.arg);
+}
+
 /* ---- connection plumbing -------------------------------------------------- */
 
 static void on_readable(evutil_socket_t fd, short what, void *arg);
@@ -619,7 +630,7 @@ complete:
     else if (q->error_text)
         query_fail(q, STORE_ERR_QUERY, q->error_text);
     else
-        query_fail(q, STORE_OK, NULL);
+        query_succeed(c->s, q);
 }
 
 static void pipeline_read(struct pgconn *c)
