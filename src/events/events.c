@@ -12,6 +12,7 @@
 #include "store/store.h"
 
 #define FETCH_LIMIT "1000"
+#define SEQUENCER_BATCH 10000 /* LIMIT in gw_sequence_events() */
 
 /* ---- events -------------------------------------------------------------- */
 
@@ -240,6 +241,11 @@ static void sequence_done(const struct store_result *r, void *arg)
     h->seq_running = false;
     if (r->status == STORE_OK && store_ntuples(r) == 1) {
         uint64_t last = (uint64_t)store_get_i64(r, 0, 0);
+        /* A run numbers at most 10000 events (gw_sequence_events); a full
+         * run means a backlog (rows written without a kick): go again now
+         * instead of waiting for the tick. */
+        if (last >= h->known + SEQUENCER_BATCH)
+            h->seq_again = true;
         if (last > h->known)
             h->known = last;
         if (h->known > h->ring.hi)
