@@ -1,7 +1,8 @@
 """Embedded PostgreSQL (src/store/store_embedded.c) through tests/tools/embedded_probe.c.
 
-The gateway does not wire the embedded cluster in yet, so these tests drive
-the store module through a small probe program, compiled once per session:
+These tests drive the store module's embedded cluster directly through a
+small probe program, compiled once per session (the gateway's own use of it
+is covered by test_store.py::test_gateway_runs_its_embedded_database):
 
     embedded_probe STATE_DIR [PG_BIN]   -> "READY <conninfo>" | "FAILED <error>"
     SIGTERM                             -> "STOPPED", exit 0

@@ -78,3 +78,36 @@ def test_gateway_waits_for_an_unreachable_database_without_serving(postgres, gat
     assert "store.conn_reset" in log
     assert "gateway.ready" not in log
     assert gw.stop() == 0
+
+
+def test_gateway_runs_its_embedded_database(gateway_factory, stubs, tmp_path_factory):
+    """Without --db-url the gateway initdb's and runs its own PostgreSQL under
+    the state dir, serves store-backed RPCs, and stops the server on exit."""
+    import os
+    import subprocess
+    import tempfile
+
+    # Not under pytest's 0700 basetemp: the postgres user must traverse it.
+    state = Path(tempfile.mkdtemp(prefix="openshell-e2e-embedded-"))
+    os.chmod(state, 0o755)
+    try:
+        gw = gateway_factory(["--disable-tls", "--port", "0", "--state-dir", state / "gw"],
+                             embedded_db=True, state_dir=False, timeout=60)
+        assert '"database":"embedded"' in gw.log_text()
+        pb, rpc = stubs.openshell_pb2, stubs.openshell_pb2_grpc
+        ch = gw.channel()
+        try:
+            stub = rpc.OpenShellStub(ch)
+            stub.CreateWorkspace(pb.CreateWorkspaceRequest(name="emb-ws"), timeout=10)
+            names = [w.metadata.name for w in
+                     stub.ListWorkspaces(pb.ListWorkspacesRequest(), timeout=10).workspaces]
+            assert "emb-ws" in names and "default" in names
+        finally:
+            ch.close()
+        assert (state / "gw" / "pg" / "data" / "PG_VERSION").exists()
+        assert gw.stop() == 0
+        left = subprocess.run(["pgrep", "-f", f"postgres -D {state}/gw/pg/data"],
+                              capture_output=True, text=True).stdout.strip()
+        assert left == "", f"postgres still running: {left}"
+    finally:
+        subprocess.run(["rm", "-rf", str(state)], check=False)
