@@ -51,9 +51,10 @@ GATEWAY_BIN="$top/build/openshell-gateway" /usr/bin/python3 -m pytest -q -p no:c
 rc=$?
 tail -30 build/e2e.log
 summary=$(tail -1 build/e2e.log)
-ep=$(echo "$summary" | sed -n 's/.* \([0-9][0-9]*\) passed.*/\1/p')
-ef=$(echo "$summary" | sed -n 's/.* \([0-9][0-9]*\) failed.*/\1/p')
-ee=$(echo "$summary" | sed -n 's/.* \([0-9][0-9]*\) error.*/\1/p')
+count() { echo "$summary" | grep -oE "[0-9]+ $1" | grep -oE '^[0-9]+'; }
+ep=$(count passed)
+ef=$(count failed)
+ee=$(count error)
 passed=$((passed + ${ep:-0}))
 failed=$((failed + ${ef:-0} + ${ee:-0}))
 if [ $rc -ne 0 ] && [ -z "$ef$ee" ]; then failed=$((failed + 1)); fi
