@@ -19,6 +19,7 @@ processes started here are signalled, by PID.
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,7 @@ from utils import (
     PortLock,
     Postgres,
     generate_stubs,
+    h2c_args,
     make_pki,
     write_toml,
 )
@@ -197,3 +199,19 @@ def _postgres_marker(request):
     with open(pg.log_path, errors="replace") as f:
         f.seek(start)
         print(f"\n===== postgres log during test =====\n{f.read()}")
+
+
+@pytest.fixture
+def db(postgres):
+    """A fresh database on the session cluster, dropped at teardown."""
+    name = "e2e_" + uuid.uuid4().hex[:16]
+    postgres.sql(f"CREATE DATABASE {name}")
+    yield name
+    postgres.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def gw(db, postgres, gateway_factory):
+    """An h2c gateway on |db| (migrations applied before gateway.ready)."""
+    url = f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/{db}"
+    return gateway_factory(h2c_args("--db-url", url), name="gateway")

@@ -26,20 +26,6 @@ BASE_TIME = "2030-01-01 00:00:00+00"
 
 
 @pytest.fixture
-def db(postgres):
-    name = "e2e_" + uuid.uuid4().hex[:16]
-    postgres.sql(f"CREATE DATABASE {name}")
-    yield name
-    postgres.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-def gw(db, postgres, gateway_factory):
-    url = f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/{db}"
-    return gateway_factory(h2c_args("--db-url", url), name="gateway")
-
-
-@pytest.fixture
 def api(gw, stubs):
     ch = gw.channel()
     yield Api(stubs, ch)

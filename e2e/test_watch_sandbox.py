@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 
-from test_sandboxes_read import Store, api, db, gw, store  # noqa: F401 - fixtures
+from test_sandboxes_read import Store, api, store  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.postgres
 

@@ -30,22 +30,6 @@ ROLE_UNSPECIFIED, ROLE_USER, ROLE_ADMIN = 0, 1, 2  # openshell.v1.WorkspaceRole
 
 
 @pytest.fixture
-def db(postgres):
-    """A fresh database on the session cluster, dropped at teardown."""
-    name = "e2e_" + uuid.uuid4().hex[:16]
-    postgres.sql(f"CREATE DATABASE {name}")
-    yield name
-    postgres.sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-@pytest.fixture
-def gw(db, postgres, gateway_factory):
-    """A gateway on |db| (migrations applied before gateway.ready)."""
-    url = f"postgresql://{postgres.user}@{postgres.host}:{postgres.port}/{db}"
-    return gateway_factory(h2c_args("--db-url", url), name="gateway")
-
-
-@pytest.fixture
 def api(gw, stubs):
     ch = gw.channel()
     yield Api(stubs, ch)
