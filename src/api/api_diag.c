@@ -174,9 +174,6 @@ static void delay_start(struct grpc_call *call, void *msg)
     struct diag_job *j = job_new(call);
     j->started_us = gw_clock_mono_us();
     j->timer = evtimer_new(j->api->base, delay_fire, j);
-    /* libevent measures timeouts from the time it cached when this loop
-     * iteration began; refresh it so the delay is not cut short. */
-    event_base_update_cache_time(j->api->base);
     struct timeval tv = {req->delay_ms / 1000, (req->delay_ms % 1000) * 1000};
     evtimer_add(j->timer, &tv);
 }

@@ -167,7 +167,10 @@ struct grpc_server_opts {
     uint32_t keepalive_ms;            /* 0 = 60 s; UINT32_MAX = off */
 };
 
-/* Caller owns, free with grpc_server_free() (after every connection closed). */
+/* Caller owns, free with grpc_server_free() (after every connection closed).
+ * Deadlines are timers on |base|: with libevent's default time caching they
+ * may fire up to one loop iteration early; the reactor's base reads the
+ * clock instead (EVENT_BASE_FLAG_NO_CACHE_TIME). */
 struct grpc_server *grpc_server_new(struct event_base *base, const struct grpc_server_opts *opts);
 void grpc_server_free(struct grpc_server *s);
 /* Adds a method; |m| is borrowed and must outlive the server. Returns 0, or

@@ -247,7 +247,6 @@ static int arm_deadline(struct grpc_call *call)
         return -1;
     call->deadline_us = call->start_us + us;
     call->deadline_ev = evtimer_new(call->srv->base, deadline_cb, call);
-    event_base_update_cache_time(call->srv->base); /* see api_diag.c delay_start */
     struct timeval tv = {(time_t)(us / 1000000), (suseconds_t)(us % 1000000)};
     evtimer_add(call->deadline_ev, &tv);
     return 0;
