@@ -348,7 +348,8 @@ struct grpc_ccall *grpc_channel_start(struct grpc_channel *ch, const char *path,
     nghttp2_nv nva[MAX_REQ_HEADERS] = {
         MAKE_NV_LIT(":method", "POST"),
         MAKE_NV(":scheme", ch->scheme, strlen(ch->scheme)),
-        MAKE_NV(":path", path, strlen(path)),
+        /* Copied: the caller's path need not outlive this call. */
+        {(uint8_t *)":path", (uint8_t *)path, 5, strlen(path), NGHTTP2_NV_FLAG_NO_COPY_NAME},
         MAKE_NV(":authority", ch->authority, strlen(ch->authority)),
         MAKE_NV_LIT("te", "trailers"),
         MAKE_NV_LIT("content-type", "application/grpc"),
@@ -358,7 +359,10 @@ struct grpc_ccall *grpc_channel_start(struct grpc_channel *ch, const char *path,
     size_t n = 8;
     if (timeout_ms > 0) {
         grpc_timeout_format(timeout_ms * 1000, tmo);
-        nva[n++] = (nghttp2_nv)MAKE_NV("grpc-timeout", tmo, strlen(tmo));
+        /* |tmo| is on this stack: nghttp2 must copy the value (MAKE_NV
+         * would have it read after we return). */
+        nva[n++] = (nghttp2_nv){(uint8_t *)"grpc-timeout", (uint8_t *)tmo, 12, strlen(tmo),
+                                NGHTTP2_NV_FLAG_NO_COPY_NAME};
     }
     for (size_t i = 0; metadata && metadata[i] && metadata[i + 1] && n < MAX_REQ_HEADERS; i += 2)
         nva[n++] = (nghttp2_nv){(uint8_t *)metadata[i], (uint8_t *)metadata[i + 1],
