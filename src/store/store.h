@@ -175,6 +175,11 @@ extern const struct store_stmt store_sb_create;
 extern const struct store_stmt store_sb_update;
 /* $1 id, $2 actor, $3 reason -> boolean column (false: no live sandbox) */
 extern const struct store_stmt store_sb_delete;
+/* $1 driver name -> every live sandbox of that driver (reconciliation) */
+extern const struct store_stmt store_sb_list_driver;
+/* $1 id, $2 actor, $3 reason, $4 payload JSON -> boolean column (false: no
+ * live sandbox); records a 'sandbox.platform_event' event, row unchanged */
+extern const struct store_stmt store_sb_platform_event;
 
 /* Events. Columns: 0 seq, 1 sandbox_id ("" for workspace events),
  * 2 sandbox_name, 3 workspace, 4 kind, 5 prev_phase, 6 new_phase, 7 actor,
@@ -186,6 +191,9 @@ enum { STORE_EV_SEQ, STORE_EV_SANDBOX_ID, STORE_EV_SANDBOX_NAME, STORE_EV_WORKSP
 extern const struct store_stmt store_ev_fetch;
 /* $1 after seq, $2 limit, $3 workspace */
 extern const struct store_stmt store_ev_fetch_ws;
+/* $1 sandbox id, $2 limit, $3 up to seq: the last platform events of one
+ * sandbox, oldest first (WatchSandbox event_tail) */
+extern const struct store_stmt store_ev_platform_tail;
 /* no parameters -> one bigint column: the last sequence number assigned */
 extern const struct store_stmt store_ev_sequence;
 /* no parameters -> one bigint column: the last sequence number */

@@ -69,6 +69,14 @@ const struct store_stmt store_sb_update = {
     "SELECT " SB_COLS " FROM gw_sandbox_update($1::uuid, $2::bigint, $3, $4::bytea, $5::jsonb, "
     "$6, $7, $8, $9::jsonb) s JOIN workspaces w ON w.id = s.workspace_id",
     9, true};
+const struct store_stmt store_sb_list_driver = {
+    "sb_list_driver",
+    "SELECT " SB_COLS " FROM sandboxes s JOIN workspaces w ON w.id = s.workspace_id "
+    "WHERE s.driver = $1 AND s.deleted_at IS NULL ORDER BY s.created_at, s.id",
+    1, false};
+const struct store_stmt store_sb_platform_event = {
+    "sb_platform_event", "SELECT gw_sandbox_platform_event($1::uuid, $2, $3, $4::jsonb)", 4,
+    true};
 const struct store_stmt store_sb_delete = {"sb_delete",
                                            "SELECT gw_sandbox_delete($1::uuid, $2, $3)", 3, true};
 
@@ -85,6 +93,12 @@ const struct store_stmt store_ev_fetch_ws = {
     "ev_fetch_ws",
     "SELECT " EV_COLS " FROM sandbox_events WHERE seq > $1::bigint AND workspace = $3 "
     "ORDER BY seq LIMIT $2::bigint",
+    3, false};
+const struct store_stmt store_ev_platform_tail = {
+    "ev_platform_tail",
+    "SELECT * FROM (SELECT " EV_COLS " FROM sandbox_events WHERE sandbox_id = $1::uuid AND "
+    "kind = 'sandbox.platform_event' AND seq IS NOT NULL AND seq <= $3::bigint "
+    "ORDER BY seq DESC LIMIT $2::bigint) t ORDER BY seq",
     3, false};
 const struct store_stmt store_ev_sequence = {"ev_sequence", "SELECT gw_sequence_events()", 0,
                                              false};
