@@ -16,6 +16,7 @@
 
 #include "config/config.h"
 #include "config/config_int.h"
+#include "drivers/driver.h"
 
 #define ERRLEN 512
 
@@ -1023,6 +1024,133 @@ static void test_config_option_table_is_consistent(void **state)
     }
 }
 
+/* ---- driver selection (driver_plan_resolve: config -> endpoint plan) ---------- */
+
+/* Loads with the given arguments and resolves the plan; returns its rc. */
+#define RESOLVE(plan, err, ...)                                                                    \
+    ({                                                                                             \
+        struct config c_;                                                                          \
+        config_init(&c_);                                                                          \
+        LOAD_OK(&c_, "--disable-tls", "--state-dir", "/var/lib/gw", __VA_ARGS__);                  \
+        int rc_ = driver_plan_resolve(&c_, "/usr/libexec/openshell", (plan), (err), ERRLEN);       \
+        config_free(&c_);                                                                          \
+        rc_;                                                                                       \
+    })
+
+#define EXPECT_PLAN_ERR(msg, ...)                                                                  \
+    do {                                                                                           \
+        struct driver_plan p_;                                                                     \
+        char e_[ERRLEN] = "";                                                                      \
+        if (RESOLVE(&p_, e_, __VA_ARGS__) != -1 || strstr(e_, (msg)) == NULL)                      \
+            fail_msg("line %d: got '%s', want '%s'", __LINE__, e_, (msg));                         \
+    } while (0)
+
+static void test_driver_plan_defaults_to_managed_process(void **state)
+{
+    struct driver_plan p;
+    char err[ERRLEN];
+    assert_int_equal(RESOLVE(&p, err, "--log-level", "info"), 0);
+    assert_string_equal(p.name, "process");
+    assert_true(p.managed);
+    assert_string_equal(p.socket_path, "/var/lib/gw/drivers/process.sock");
+    assert_string_equal(p.state_dir, "/var/lib/gw/drivers/process");
+    assert_string_equal(p.program, "/usr/libexec/openshell/openshell-driver-process");
+    assert_null(p.supervisor);
+    assert_null(p.rootfs);
+    assert_false(p.allow_host_network);
+    driver_plan_clear(&p);
+}
+
+static void test_driver_plan_reads_managed_options(void **state)
+{
+    struct driver_plan p;
+    char err[ERRLEN];
+    use_file("[openshell.drivers.process]\nprogram = \"/opt/drv\"\nsupervisor = \"/opt/sup\"\n"
+             "rootfs = \"/srv/root\"\nallow_host_network = true\n");
+    assert_int_equal(RESOLVE(&p, err, "--drivers", "Process"), 0);
+    assert_true(p.managed);
+    assert_string_equal(p.program, "/opt/drv");
+    assert_string_equal(p.supervisor, "/opt/sup");
+    assert_string_equal(p.rootfs, "/srv/root");
+    assert_true(p.allow_host_network);
+    driver_plan_clear(&p);
+    use_file("[openshell.drivers.process]\nallow_host_network = \"yes\"\n");
+    EXPECT_FILE("openshell.drivers.process.allow_host_network: expected a boolean",
+                "--disable-tls");
+}
+
+static void test_driver_plan_remote_endpoints(void **state)
+{
+    struct driver_plan p;
+    char err[ERRLEN];
+    assert_int_equal(RESOLVE(&p, err, "--drivers", "mydrv", "--compute-driver-socket", "/run/d.sock"), 0);
+    assert_string_equal(p.name, "mydrv");
+    assert_false(p.managed);
+    assert_string_equal(p.socket_path, "/run/d.sock");
+    assert_null(p.program);
+    driver_plan_clear(&p);
+
+    use_file("[openshell.gateway]\ncompute_drivers = [\"ext\"]\n"
+             "[openshell.drivers.ext]\nsocket_path = \"/run/ext.sock\"\n");
+    assert_int_equal(RESOLVE(&p, err, "--log-level", "info"), 0);
+    assert_string_equal(p.name, "ext");
+    assert_false(p.managed);
+    assert_string_equal(p.socket_path, "/run/ext.sock");
+    driver_plan_clear(&p);
+}
+
+static void test_driver_plan_refusals(void **state)
+{
+    /* Reserved names never take an unmanaged socket, from either source. */
+    EXPECT_PLAN_ERR("'kubernetes' is reserved", "--drivers", "kubernetes",
+                    "--compute-driver-socket", "/run/k.sock");
+    EXPECT_PLAN_ERR("'process' is reserved", "--drivers", "process", "--compute-driver-socket",
+                    "/run/p.sock");
+    use_file("[openshell.gateway]\ncompute_drivers = [\"docker\"]\n"
+             "[openshell.drivers.docker]\nsocket_path = \"/run/docker.sock\"\n");
+    EXPECT_PLAN_ERR("'docker' is reserved", "--log-level", "info");
+    unlink(file_path);
+    unsetenv("OPENSHELL_GATEWAY_CONFIG");
+    /* Built-in but not in this binary. */
+    EXPECT_PLAN_ERR("'vm' is not shipped in this build (this gateway ships: process)",
+                    "--drivers", "vm");
+    /* An extension name needs a socket. */
+    EXPECT_PLAN_ERR("driver 'mydrv' is not built in and has no socket", "--drivers", "mydrv");
+    /* Managed-only options under a remote driver. */
+    use_file("[openshell.drivers.ext]\nsocket_path = \"/run/e.sock\"\nrootfs = \"/r\"\n");
+    EXPECT_PLAN_ERR("apply only to managed built-in drivers", "--drivers", "ext");
+    /* A socket without a name is refused by the configuration already. */
+    EXPECT_USAGE("--compute-driver-socket needs exactly one driver", "--disable-tls",
+                 "--compute-driver-socket", "/run/x.sock");
+}
+
+static void test_driver_plan_refuses_long_managed_socket(void **state)
+{
+    struct driver_plan p;
+    char err[ERRLEN];
+    char dir[160];
+    struct config c;
+    memset(dir, 'd', sizeof(dir));
+    dir[0] = '/';
+    dir[sizeof(dir) - 1] = '\0';
+    config_init(&c);
+    LOAD_OK(&c, "--disable-tls", "--state-dir", dir);
+    assert_int_equal(driver_plan_resolve(&c, "/bin", &p, err, ERRLEN), -1);
+    assert_non_null(strstr(err, "use a shorter --state-dir"));
+    config_free(&c);
+}
+
+static void test_driver_names(void **state)
+{
+    const char *reserved[] = {"kubernetes", "docker", "podman", "vm", "process"};
+    for (size_t i = 0; i < 5; i++)
+        assert_true(driver_name_reserved(reserved[i]));
+    assert_false(driver_name_reserved("Docker")); /* names are normalized before */
+    assert_false(driver_name_reserved("mydrv"));
+    assert_true(driver_name_shipped("process"));
+    assert_false(driver_name_shipped("kubernetes"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1065,6 +1193,12 @@ int main(void)
         cmocka_unit_test_setup(test_config_load_lists_options_for_docs_check, test_setup),
         cmocka_unit_test_setup(test_config_reload_changes_only_reloadable_settings, test_setup),
         cmocka_unit_test_setup(test_config_option_table_is_consistent, test_setup),
+        cmocka_unit_test_setup(test_driver_plan_defaults_to_managed_process, test_setup),
+        cmocka_unit_test_setup(test_driver_plan_reads_managed_options, test_setup),
+        cmocka_unit_test_setup(test_driver_plan_remote_endpoints, test_setup),
+        cmocka_unit_test_setup(test_driver_plan_refusals, test_setup),
+        cmocka_unit_test_setup(test_driver_plan_refuses_long_managed_socket, test_setup),
+        cmocka_unit_test_setup(test_driver_names, test_setup),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

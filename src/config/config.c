@@ -115,6 +115,9 @@ void config_free(struct config *c)
     for (size_t i = 0; i < c->n_driver_tables; i++) {
         free(c->driver_tables[i].name);
         free(c->driver_tables[i].socket_path);
+        free(c->driver_tables[i].program);
+        free(c->driver_tables[i].supervisor);
+        free(c->driver_tables[i].rootfs);
     }
     free(c->driver_tables);
     memset(c, 0, sizeof(*c));
@@ -228,6 +231,18 @@ static int refuse_db_url(struct load *ld, const char *file, const struct toml_va
                 file, toml_line(v), toml_col(v));
 }
 
+static int driver_string_key(struct load *ld, struct config_driver *d, const char *key,
+                             const struct toml_value *v, const char *file, char **out)
+{
+    if (toml_type(v) != TOML_STRING || toml_string(v)[0] == '\0')
+        return fail(ld, CONFIG_ERR_FILE,
+                    "%s:%u:%u: openshell.drivers.%s.%s: expected a non-empty string", file,
+                    toml_line(v), toml_col(v), d->name, key);
+    free(*out);
+    *out = gw_xstrdup(toml_string(v));
+    return 0;
+}
+
 static int apply_driver_key(struct load *ld, struct config_driver *d, const char *key,
                             const struct toml_value *v, const char *file)
 {
@@ -235,15 +250,24 @@ static int apply_driver_key(struct load *ld, struct config_driver *d, const char
 
     if (strcmp(key, "db_url") == 0)
         return refuse_db_url(ld, file, v);
-    if (strcmp(key, "socket_path") != 0)
-        return fail(ld, CONFIG_ERR_FILE, "%s:%u:%u: unknown key 'openshell.drivers.%s.%s'", file,
-                    toml_line(v), toml_col(v), d->name, config_show(key, buf, sizeof(buf)));
-    if (toml_type(v) != TOML_STRING || toml_string(v)[0] == '\0')
-        return fail(ld, CONFIG_ERR_FILE,
-                    "%s:%u:%u: openshell.drivers.%s.socket_path: expected a non-empty string", file,
-                    toml_line(v), toml_col(v), d->name);
-    d->socket_path = gw_xstrdup(toml_string(v));
-    return 0;
+    if (strcmp(key, "socket_path") == 0)
+        return driver_string_key(ld, d, key, v, file, &d->socket_path);
+    if (strcmp(key, "program") == 0)
+        return driver_string_key(ld, d, key, v, file, &d->program);
+    if (strcmp(key, "supervisor") == 0)
+        return driver_string_key(ld, d, key, v, file, &d->supervisor);
+    if (strcmp(key, "rootfs") == 0)
+        return driver_string_key(ld, d, key, v, file, &d->rootfs);
+    if (strcmp(key, "allow_host_network") == 0) {
+        if (toml_type(v) != TOML_BOOL)
+            return fail(ld, CONFIG_ERR_FILE,
+                        "%s:%u:%u: openshell.drivers.%s.allow_host_network: expected a boolean",
+                        file, toml_line(v), toml_col(v), d->name);
+        d->allow_host_network = toml_bool(v);
+        return 0;
+    }
+    return fail(ld, CONFIG_ERR_FILE, "%s:%u:%u: unknown key 'openshell.drivers.%s.%s'", file,
+                toml_line(v), toml_col(v), d->name, config_show(key, buf, sizeof(buf)));
 }
 
 /* One [openshell.drivers.<name>] table; the name is normalized first so
@@ -272,8 +296,8 @@ static int apply_driver_table(struct config *c, struct load *ld, const char *nam
     c->driver_tables =
         gw_xrealloc(c->driver_tables, (c->n_driver_tables + 1) * sizeof(*c->driver_tables));
     d = &c->driver_tables[c->n_driver_tables++];
+    memset(d, 0, sizeof(*d));
     d->name = norm;
-    d->socket_path = NULL;
     for (size_t i = 0; i < toml_table_len(t); i++) {
         int rc = apply_driver_key(ld, d, toml_table_key(t, i), toml_table_at(t, i), file);
         if (rc != 0)

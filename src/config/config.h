@@ -38,6 +38,11 @@ enum config_action {
 struct config_driver {
     char *name;        /* normalized (trimmed, lower-case) */
     char *socket_path; /* NULL when the table has no socket_path */
+    /* Options of a managed (built-in) driver; NULL/false when absent. */
+    char *program;           /* driver program instead of the one next to the gateway */
+    char *supervisor;        /* supervisor program handed to the driver */
+    char *rootfs;            /* root filesystem directory for sandboxes */
+    bool allow_host_network; /* let driver_config ask for the host network */
 };
 
 struct config {
@@ -67,6 +72,8 @@ struct config {
     char **drivers;  /* NULL-terminated list of normalized names */
     size_t n_drivers;
     char *compute_driver_socket;
+    bool allow_driver_name_mismatch; /* GetCapabilities name may differ from the configured */
+    uint32_t driver_connect_timeout_ms; /* startup budget to reach a driver, default 30000 */
     struct config_driver *driver_tables;
     size_t n_driver_tables;
 

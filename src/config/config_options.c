@@ -83,6 +83,19 @@ const struct config_option config_options[] = {
      .env = "OPENSHELL_COMPUTE_DRIVER_SOCKET", .type = CT_STRING,
      .off = OFF(compute_driver_socket), .arg = "<path>",
      .help = "Unix socket of an already running driver for the one name given with --drivers."},
+    {.name = "allow_driver_name_mismatch", .flag = "--allow-driver-name-mismatch",
+     .env = "OPENSHELL_ALLOW_DRIVER_NAME_MISMATCH",
+     .key = "openshell.gateway.allow_driver_name_mismatch", .type = CT_BOOL,
+     .off = OFF(allow_driver_name_mismatch), .arg = "[=<bool>]", .def = "false",
+     .help = "Start even when the driver's GetCapabilities name differs from the configured "
+             "name (the configured name still keys driver_config)."},
+    {.name = "driver_connect_timeout_ms", .flag = "--driver-connect-timeout-ms",
+     .env = "OPENSHELL_DRIVER_CONNECT_TIMEOUT_MS",
+     .key = "openshell.gateway.driver_connect_timeout_ms", .type = CT_U32,
+     .off = OFF(driver_connect_timeout_ms), .min = 100, .max = 600000, .arg = "<ms>",
+     .def = "30000",
+     .help = "How long startup waits for the compute driver to answer GetCapabilities "
+             "(100 to 600000 ms; connects are retried every 250 ms)."},
     {.name = "state_dir", .flag = "--state-dir", .env = "OPENSHELL_STATE_DIR",
      .key = "openshell.gateway.state_dir", .type = CT_STRING, .off = OFF(state_dir),
      .arg = "<path>", .def = "$XDG_STATE_HOME/openshell/gateway (root: /var/lib/openshell/gateway)",
@@ -119,7 +132,19 @@ const struct config_option config_options[] = {
     {.name = "driver_socket_path", .key = "openshell.drivers.<name>.socket_path",
      .type = CT_FILE_KEY,
      .help = "Unix socket of the compute driver <name> (one [openshell.drivers.<name>] "
-             "table per driver)."},
+             "table per driver). Refused for reserved built-in names."},
+    {.name = "driver_program", .key = "openshell.drivers.<name>.program", .type = CT_FILE_KEY,
+     .help = "Managed built-in driver only: the driver program to run instead of the one "
+             "installed next to the gateway."},
+    {.name = "driver_supervisor", .key = "openshell.drivers.<name>.supervisor",
+     .type = CT_FILE_KEY,
+     .help = "Managed built-in driver only: the openshell-supervisor program sandboxes run."},
+    {.name = "driver_rootfs", .key = "openshell.drivers.<name>.rootfs", .type = CT_FILE_KEY,
+     .help = "Managed process driver only: root filesystem directory sandboxes see "
+             "(read-only); default: the host's /."},
+    {.name = "driver_allow_host_network", .key = "openshell.drivers.<name>.allow_host_network",
+     .type = CT_FILE_KEY, .def = "false",
+     .help = "Managed process driver only: allow driver_config network = \"host\"."},
 };
 /* clang-format on */
 const size_t config_options_len = GW_ARRAY_LEN(config_options);
