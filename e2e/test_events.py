@@ -545,13 +545,13 @@ def test_filters(db_url, sql, stubs, gateway_factory, subscribers):
     # SQL writers: sandbox events carry the sandbox's labels.
     sql("SELECT id FROM gw_sandbox_create(gen_random_uuid(), 'default', 'sb1', 'alice', "
         "'alice', '{\"app\":\"web\"}'::jsonb, '{}'::jsonb, '\\x'::bytea, '{}'::jsonb, "
-        "'process', 'PROVISIONING', NULL)")
+        "'sql-test', 'PROVISIONING', NULL)")
     sql("SELECT id FROM gw_sandbox_create(gen_random_uuid(), 'default', 'sb2', 'bob', "
         "'bob', '{\"app\":\"db\"}'::jsonb, '{}'::jsonb, '\\x'::bytea, '{}'::jsonb, "
-        "'process', 'PROVISIONING', NULL)")
+        "'sql-test', 'PROVISIONING', NULL)")
     sql("SELECT id FROM gw_sandbox_create(gen_random_uuid(), 'alpha', 'sb3', 'carol', "
         "'carol', '{\"app\":\"web\",\"tier\":\"x\"}'::jsonb, '{}'::jsonb, '\\x'::bytea, "
-        "'{}'::jsonb, 'process', 'PROVISIONING', NULL)")
+        "'{}'::jsonb, 'sql-test', 'PROVISIONING', NULL)")
     # sb1 is relabelled, then changes phase: that event carries the labels it
     # has then (app=api), so app=web subscribers do not get it.
     sql("UPDATE sandboxes SET labels = '{\"app\":\"api\"}' WHERE name = 'sb1'")

@@ -38,7 +38,8 @@ struct api *api_new(struct event_base *base, struct grpc_server *srv, const stru
         register_table(a, api_reflection_methods) != 0 ||
         register_table(a, api_events_methods) != 0 ||
         register_table(a, api_workspace_methods) != 0 ||
-        register_table(a, api_sandbox_methods) != 0)
+        register_table(a, api_sandbox_methods) != 0 ||
+        register_table(a, api_lifecycle_methods) != 0)
         goto fail;
     if (o->enable_diagnostics && register_table(a, api_diag_methods) != 0)
         goto fail;

@@ -14,6 +14,7 @@
 #include <stddef.h>
 
 #include "base/base.h"
+#include "drivers/driver.h"
 
 struct event_base;
 struct grpc_server;
@@ -84,6 +85,24 @@ void api_set_backend(struct api *a, struct store *store, struct events_hub *hub)
 
 /* Replaces the compute-driver snapshot shown by GetGatewayInfo (copied). */
 void api_set_drivers(struct api *a, const struct api_driver_info *drivers, size_t n);
+
+/* Attaches the compute driver (borrowed; must outlive every call and be
+ * detached with api_compute_free() before it is stopped). CreateSandbox,
+ * DeleteSandbox, StopSandbox and StartSandbox go through it. */
+void api_set_driver(struct api *a, struct driver *d);
+/* Driver callbacks for struct driver_opts (arg = the api): the snapshot of
+ * GetGatewayInfo, observations applied to the store, reconciliation when
+ * the watch stream (re)opens. */
+void api_compute_on_driver_state(struct driver *d, enum driver_state st, const char *why,
+                                 void *arg);
+void api_compute_on_watch(struct driver *d,
+                          const Openshell__Compute__V1__WatchSandboxesEvent *ev, void *arg);
+void api_compute_on_watch_open(struct driver *d, void *arg);
+/* Starts a reconciliation of store and driver now (coalesced with one in
+ * progress); the gateway calls it when the database comes back. */
+void api_compute_reconcile(struct api *a);
+/* Drops gates and timers; call once the store is closed (its callbacks ran). */
+void api_compute_free(struct api *a);
 
 /* Serving status reported by grpc.health.v1 (Check and Watch streams are
  * told about changes). The gateway sets NOT_SERVING when it starts to drain. */

@@ -25,7 +25,11 @@ struct ev_stream {
     struct ev_stream *prev, *next;
     /* WatchSandbox */
     char sandbox_id[37];
-    bool follow_status, stop_on_terminal;
+    bool follow_status, stop_on_terminal, follow_events;
+    bool paused;   /* the subscription waits for events_sub_resume */
+    uint32_t event_tail;  /* platform events to replay after the first snapshot */
+    bool tail_pending;    /* replay not sent yet: live events wait */
+    uint64_t start_seq;   /* the subscription starts after this */
     bool reading;  /* a snapshot read is in flight */
     bool sent;     /* the first snapshot went out */
     bool dirty;    /* another change arrived while reading or congested */
@@ -223,6 +227,8 @@ static void subscribe(struct grpc_call *call, void *msg)
 /* ---- WatchSandbox ---------------------------------------------------------------------- */
 
 static void watch_read(struct ev_stream *st);
+static void watch_tail(struct ev_stream *st);
+static int send_platform_event(struct ev_stream *st, const struct events_event *ev);
 
 static void watch_got(const struct store_result *r, void *arg)
 {
@@ -272,10 +278,69 @@ static void watch_got(const struct store_result *r, void *arg)
         stream_finish(st, GRPC_STATUS_OK, NULL);
         return;
     }
+    if (st->tail_pending) {
+        watch_tail(st);
+        return;
+    }
+    if (st->paused && rv == GRPC_SEND_OK) {
+        st->paused = false;
+        events_sub_resume(st->sub);
+    }
     if (st->dirty && rv == GRPC_SEND_OK) {
         st->dirty = false;
         watch_read(st);
     }
+}
+
+/* event_tail: the last platform events before the subscription started,
+ * sent once after the first snapshot; live events wait until then. */
+static void watch_tail_got(const struct store_result *r, void *arg)
+{
+    struct ev_stream *st = arg;
+    st->reading = false;
+    st->tail_pending = false;
+    if (st->ending) {
+        free(st);
+        return;
+    }
+    if (r->status != STORE_OK) {
+        struct grpc_call *call = st->call;
+        stream_end(st);
+        api_finish_store_error(call, r, "sandbox events");
+        return;
+    }
+    for (int i = 0; i < store_ntuples(r); i++) {
+        struct events_event ev = {
+            .created_at_ms = store_get_i64(r, i, STORE_EV_CREATED_MS),
+            .kind = store_get(r, i, STORE_EV_KIND),
+            .payload_json = store_get(r, i, STORE_EV_PAYLOAD),
+        };
+        if (send_platform_event(st, &ev) < 0) {
+            stream_end(st);
+            return;
+        }
+    }
+    if (st->paused && !grpc_call_congested(st->call)) {
+        st->paused = false;
+        events_sub_resume(st->sub);
+    }
+    if (st->dirty && !grpc_call_congested(st->call)) {
+        st->dirty = false;
+        watch_read(st);
+    }
+}
+
+static void watch_tail(struct ev_stream *st)
+{
+    char limit[24], upto[24];
+    const char *params[] = {st->sandbox_id, api_u64(limit, st->event_tail),
+                            api_u64(upto, st->start_seq)};
+    if (store_query(st->api->opts.store, &store_ev_platform_tail, params, NULL, watch_tail_got,
+                    st) != 0) {
+        stream_finish(st, GRPC_STATUS_UNAVAILABLE, "database unavailable; retry later");
+        return;
+    }
+    st->reading = true;
 }
 
 static void watch_read(struct ev_stream *st)
@@ -290,11 +355,74 @@ static void watch_read(struct ev_stream *st)
     st->reading = true;
 }
 
+/* A driver's platform event (kind sandbox.platform_event; the payload is
+ * the DriverPlatformEvent as JSON) as a WatchSandbox `event`. */
+static int send_platform_event(struct ev_stream *st, const struct events_event *ev)
+{
+    json_error_t jerr;
+    json_t *o = json_loads(ev->payload_json, 0, &jerr);
+    Openshell__V1__PlatformEvent pe = OPENSHELL__V1__PLATFORM_EVENT__INIT;
+    Openshell__V1__SandboxStreamEvent out = OPENSHELL__V1__SANDBOX_STREAM_EVENT__INIT;
+    json_t *meta = o != NULL ? json_object_get(o, "metadata") : NULL;
+    size_t n = json_is_object(meta) ? json_object_size(meta) : 0;
+    Openshell__V1__PlatformEvent__MetadataEntry entries[n > 0 ? n : 1];
+    Openshell__V1__PlatformEvent__MetadataEntry *ptrs[n > 0 ? n : 1];
+    const char *key;
+    json_t *val;
+    size_t i = 0;
+
+    pe.timestamp_ms = o != NULL ? json_integer_value(json_object_get(o, "timestamp_ms")) : 0;
+    if (pe.timestamp_ms == 0)
+        pe.timestamp_ms = ev->created_at_ms;
+#define FIELD(name) (o != NULL && json_is_string(json_object_get(o, name)) \
+                         ? (char *)json_string_value(json_object_get(o, name)) : (char *)"")
+    pe.source = FIELD("source");
+    pe.type = FIELD("type");
+    pe.reason = FIELD("reason");
+    pe.message = FIELD("message");
+#undef FIELD
+    if (n > 0) {
+        json_object_foreach(meta, key, val) {
+            openshell__v1__platform_event__metadata_entry__init(&entries[i]);
+            entries[i].key = (char *)key;
+            entries[i].value = json_is_string(val) ? (char *)json_string_value(val) : (char *)"";
+            ptrs[i] = &entries[i];
+            i++;
+        }
+        pe.n_metadata = i;
+        pe.metadata = ptrs;
+    }
+    out.payload_case = OPENSHELL__V1__SANDBOX_STREAM_EVENT__PAYLOAD_EVENT;
+    out.event = &pe;
+    int rv = grpc_call_send(st->call, &out.base);
+    json_decref(o);
+    return rv;
+}
+
 /* Every change of this sandbox: read a fresh snapshot (coalesced while a
- * read is in flight or the client is slow). */
+ * read is in flight or the client is slow). Platform events are sent as
+ * they come, in stream order, after the first snapshot. */
 static bool watch_event(struct events_sub *sub, const struct events_event *ev, void *arg)
 {
     struct ev_stream *st = arg;
+    if (strcmp(ev->kind, "sandbox.platform_event") == 0) {
+        if (!st->follow_events)
+            return true;
+        if (!st->sent || st->reading || st->tail_pending || grpc_call_congested(st->call)) {
+            st->paused = true; /* resumed after the snapshot / when writable */
+            return false;
+        }
+        int rv = send_platform_event(st, ev);
+        if (rv < 0) {
+            stream_end(st);
+            return false;
+        }
+        if (rv == GRPC_SEND_FULL) {
+            st->paused = true;
+            return false;
+        }
+        return true;
+    }
     bool deleted = strcmp(ev->kind, "sandbox.deleted") == 0;
     if (!st->follow_status && !deleted)
         return true;
@@ -309,9 +437,15 @@ static bool watch_event(struct events_sub *sub, const struct events_event *ev, v
 static void watch_writable(struct grpc_call *call)
 {
     struct ev_stream *st = grpc_call_user(call);
-    if (st != NULL && st->dirty && !st->reading) {
+    if (st == NULL)
+        return;
+    if (st->dirty && !st->reading) {
         st->dirty = false;
         watch_read(st);
+    }
+    if (st->paused && st->sent && !st->reading) {
+        st->paused = false;
+        events_sub_resume(st->sub);
     }
 }
 
@@ -354,10 +488,14 @@ static void watch_sandbox(struct grpc_call *call, void *msg)
             *c = (char)(*c - 'A' + 'a');
     st->follow_status = req->follow_status;
     st->stop_on_terminal = req->stop_on_terminal;
+    st->follow_events = req->follow_events;
+    st->event_tail = req->follow_events ? GW_MIN(req->event_tail, 1000u) : 0;
+    st->tail_pending = st->event_tail > 0;
+    st->start_seq = events_hub_head(a->opts.hub);
     /* Subscribe first, then read: a change between the two is seen twice
      * (harmless), never lost. */
     struct events_filter f = {.sandbox_id = st->sandbox_id};
-    st->sub = events_sub_new(a->opts.hub, events_hub_head(a->opts.hub), &f, watch_event, NULL, st);
+    st->sub = events_sub_new(a->opts.hub, st->start_seq, &f, watch_event, NULL, st);
     watch_read(st);
 }
 

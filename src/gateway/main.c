@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -15,6 +16,7 @@
 #include "api/api.h"
 #include "config.h"
 #include "config/config.h"
+#include "drivers/driver.h"
 #include "events/events.h"
 #include "http2/grpc.h"
 #include "reactor/reactor.h"
@@ -46,6 +48,11 @@ struct gateway {
     struct store *store;
     struct store_embedded *embedded;
     struct events_hub *hub;
+    struct driver *driver;
+    struct driver_plan plan;
+    bool store_ready;  /* the database came up at least once */
+    bool driver_ready; /* the compute driver answered GetCapabilities at least once */
+    unsigned stopping_parts; /* driver and embedded database still stopping */
     enum gw_state state;
     uint64_t drain_deadline_us;
     int exit_code;
@@ -102,31 +109,56 @@ static void stop_listeners(struct gateway *g)
         reactor_listener_disable(g->unix_l);
 }
 
-static void embedded_stopped(void *arg)
+static void backend_part_stopped(struct gateway *g)
 {
-    struct gateway *g = arg;
-    g->embedded = NULL;
+    GW_ASSERT(g->stopping_parts > 0);
+    if (--g->stopping_parts > 0)
+        return;
     gw_set_state(g, GW_STOPPED);
     reactor_stop(g->r);
 }
 
-/* Calls are done: close the database side, then stop the embedded server
- * (its shutdown is asynchronous, so the loop keeps running until it exits). */
+static void embedded_stopped(void *arg)
+{
+    struct gateway *g = arg;
+    g->embedded = NULL;
+    backend_part_stopped(g);
+}
+
+static void driver_stopped(void *arg)
+{
+    backend_part_stopped(arg);
+}
+
+/* Calls are done: stop the compute driver (a managed one is signalled and
+ * waited for), close the database side, then stop the embedded server.
+ * Both stops are asynchronous: the loop runs until they finished. */
 static void stop_backend(struct gateway *g)
 {
+    if (g->state >= GW_STOPPING)
+        return;
     gw_set_state(g, GW_STOPPING);
     grpc_server_close_all(g->srv);
     api_end_streams(g->api);
+    g->stopping_parts = 1; /* held until this function is done */
+    if (g->driver != NULL) {
+        struct driver *d = g->driver;
+        g->driver = NULL;
+        g->stopping_parts++;
+        /* Lifecycle work still in flight fails its driver calls now and
+         * writes its outcome while the store is still open. */
+        driver_stop(d, 10000, driver_stopped, g);
+    }
     api_set_backend(g->api, NULL, NULL);
     store_free(g->store);
     g->store = NULL;
     events_hub_free(g->hub);
     g->hub = NULL;
     if (g->embedded != NULL) {
+        g->stopping_parts++;
         store_embedded_stop(g->embedded, 15000, embedded_stopped, g);
-        return;
     }
-    embedded_stopped(g);
+    backend_part_stopped(g);
 }
 
 static void drain_tick(struct reactor_timer *t, void *arg)
@@ -295,10 +327,12 @@ static int install_signals(struct gateway *g)
     return 0;
 }
 
-/* The database is up for the first time: open the doors. */
+/* The database is up and the driver answered: open the doors. */
 static void serve(struct gateway *g)
 {
     const struct config *c = &g->cfg;
+    if (g->state != GW_STARTING || !g->store_ready || !g->driver_ready)
+        return;
     if (start_listeners(g) != 0) {
         g->exit_code = 1;
         stop_backend(g);
@@ -307,7 +341,8 @@ static void serve(struct gateway *g)
     gw_set_state(g, GW_SERVING);
     log_info("gateway.ready", LF_STR("version", PACKAGE_VERSION),
              LF_BOOL("diagnostics", c->enable_diagnostics),
-             LF_STR("database", g->embedded ? "embedded" : "external"));
+             LF_STR("database", g->embedded ? "embedded" : "external"),
+             LF_STR("driver", g->plan.name));
     (void)reactor_sd_notify(g->r, "READY=1");
 }
 
@@ -323,8 +358,89 @@ static void on_store_state(struct store *s, bool up, void *arg)
             stop_backend(g);
         return;
     }
-    if (up && g->state == GW_STARTING)
+    if (up && g->state == GW_STARTING) {
+        g->store_ready = true;
         serve(g);
+    }
+    /* Observations may have been dropped while the database was away. */
+    if (up && g->api != NULL)
+        api_compute_reconcile(g->api);
+}
+
+/* ---- the compute driver --------------------------------------------------------- */
+
+static void on_driver_state(struct driver *d, enum driver_state st, const char *why, void *arg)
+{
+    struct gateway *g = arg;
+    api_compute_on_driver_state(d, st, why, g->api);
+    if (st == DRIVER_FAILED) {
+        /* Startup could not reach the driver: upstream aborts too. */
+        fprintf(stderr, "openshell-gateway: %s\n", why ? why : "compute driver failed");
+        g->exit_code = 1;
+        if (g->state == GW_STARTING || g->state == GW_SERVING)
+            stop_backend(g);
+        return;
+    }
+    if (st == DRIVER_READY && g->state == GW_STARTING) {
+        g->driver_ready = true;
+        serve(g);
+    }
+}
+
+static void on_driver_watch(struct driver *d, const Openshell__Compute__V1__WatchSandboxesEvent *ev,
+                            void *arg)
+{
+    struct gateway *g = arg;
+    api_compute_on_watch(d, ev, g->api);
+}
+
+static void on_driver_watch_open(struct driver *d, void *arg)
+{
+    struct gateway *g = arg;
+    api_compute_on_watch_open(d, g->api);
+}
+
+/* Directory of the running binary: managed driver programs live there. */
+static void self_dir(char *out, size_t len)
+{
+    ssize_t n = readlink("/proc/self/exe", out, len - 1);
+    if (n <= 0) {
+        snprintf(out, len, ".");
+        return;
+    }
+    out[n] = '\0';
+    char *slash = strrchr(out, '/');
+    if (slash != NULL && slash != out)
+        *slash = '\0';
+}
+
+static int start_driver(struct gateway *g)
+{
+    const struct config *c = &g->cfg;
+    char dir[4096], err[1024];
+
+    self_dir(dir, sizeof(dir));
+    if (driver_plan_resolve(c, dir, &g->plan, err, sizeof(err)) != 0) {
+        log_error("gateway.driver_config", LF_STR("error", err));
+        fprintf(stderr, "openshell-gateway: %s\n", err);
+        return -1;
+    }
+    const char *extra[] = {"--log-level", log_level_name(c->log_level), "--log-format",
+                           c->log_format == LOG_FORMAT_JSON ? "json" : "text", NULL};
+    struct driver_opts o = {
+        .plan = &g->plan,
+        .reactor = g->r,
+        .connect_timeout_ms = c->driver_connect_timeout_ms,
+        .allow_name_mismatch = c->allow_driver_name_mismatch,
+        .extra_args = extra,
+        .on_state = on_driver_state,
+        .on_watch = on_driver_watch,
+        .on_watch_open = on_driver_watch_open,
+        .arg = g,
+    };
+    g->driver = driver_new(&o);
+    api_set_driver(g->api, g->driver);
+    return 0;
 }
 
 static void on_store_notify(struct store *s, const char *payload, void *arg)
@@ -420,7 +536,10 @@ static int startup(struct gateway *g)
         return -1;
     if (install_signals(g) != 0)
         return -1;
-    /* Listeners open once the database is usable (serve()). */
+    if (start_driver(g) != 0)
+        return -1;
+    /* Listeners open once the database is usable and the driver answered
+     * (serve()). */
     if (c->db_url != NULL)
         return open_store(g, c->db_url);
     log_info("gateway.embedded_database", LF_STR("state_dir", c->state_dir));
@@ -436,6 +555,8 @@ static void teardown(struct gateway *g)
         api_end_streams(g->api);
         api_set_backend(g->api, NULL, NULL);
     }
+    if (g->driver != NULL) /* startup failed before the loop ran */
+        driver_stop(g->driver, 0, NULL, NULL);
     store_free(g->store);
     events_hub_free(g->hub);
     reactor_timer_free(g->drain_timer);
@@ -445,7 +566,10 @@ static void teardown(struct gateway *g)
     gateway_http_free(g->health_http);
     gateway_http_free(g->metrics_http);
     grpc_server_free(g->srv);
+    if (g->api)
+        api_compute_free(g->api);
     api_free(g->api);
+    driver_plan_clear(&g->plan);
     if (g->tls)
         SSL_CTX_free(g->tls);
     reactor_free(g->r);
