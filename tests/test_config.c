@@ -1032,7 +1032,7 @@ static void test_config_option_table_is_consistent(void **state)
         struct config c_;                                                                          \
         config_init(&c_);                                                                          \
         LOAD_OK(&c_, "--disable-tls", "--state-dir", "/var/lib/gw", __VA_ARGS__);                  \
-        int rc_ = driver_plan_resolve(&c_, "/usr/libexec/openshell", (plan), (err), ERRLEN);       \
+        int rc_ = driver_plan_resolve(&c_, tmpdir, (plan), (err), ERRLEN);                         \
         config_free(&c_);                                                                          \
         rc_;                                                                                       \
     })
@@ -1045,16 +1045,28 @@ static void test_config_option_table_is_consistent(void **state)
             fail_msg("line %d: got '%s', want '%s'", __LINE__, e_, (msg));                         \
     } while (0)
 
+/* An executable stand-in for the driver program next to "the gateway". */
+static void fake_driver_program(void)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/openshell-driver-process", tmpdir);
+    write_file(path, "#!/bin/sh\n");
+    assert_int_equal(chmod(path, 0755), 0);
+}
+
 static void test_driver_plan_defaults_to_managed_process(void **state)
 {
     struct driver_plan p;
     char err[ERRLEN];
+    char want[160];
+    fake_driver_program();
     assert_int_equal(RESOLVE(&p, err, "--log-level", "info"), 0);
     assert_string_equal(p.name, "process");
     assert_true(p.managed);
     assert_string_equal(p.socket_path, "/var/lib/gw/drivers/process.sock");
     assert_string_equal(p.state_dir, "/var/lib/gw/drivers/process");
-    assert_string_equal(p.program, "/usr/libexec/openshell/openshell-driver-process");
+    snprintf(want, sizeof(want), "%s/openshell-driver-process", tmpdir);
+    assert_string_equal(p.program, want);
     assert_null(p.supervisor);
     assert_null(p.rootfs);
     assert_false(p.allow_host_network);
@@ -1065,11 +1077,11 @@ static void test_driver_plan_reads_managed_options(void **state)
 {
     struct driver_plan p;
     char err[ERRLEN];
-    use_file("[openshell.drivers.process]\nprogram = \"/opt/drv\"\nsupervisor = \"/opt/sup\"\n"
+    use_file("[openshell.drivers.process]\nprogram = \"/bin/true\"\nsupervisor = \"/opt/sup\"\n"
              "rootfs = \"/srv/root\"\nallow_host_network = true\n");
     assert_int_equal(RESOLVE(&p, err, "--drivers", "Process"), 0);
     assert_true(p.managed);
-    assert_string_equal(p.program, "/opt/drv");
+    assert_string_equal(p.program, "/bin/true");
     assert_string_equal(p.supervisor, "/opt/sup");
     assert_string_equal(p.rootfs, "/srv/root");
     assert_true(p.allow_host_network);
@@ -1109,6 +1121,11 @@ static void test_driver_plan_refusals(void **state)
     use_file("[openshell.gateway]\ncompute_drivers = [\"docker\"]\n"
              "[openshell.drivers.docker]\nsocket_path = \"/run/docker.sock\"\n");
     EXPECT_PLAN_ERR("'docker' is reserved", "--log-level", "info");
+    unlink(file_path);
+    unsetenv("OPENSHELL_GATEWAY_CONFIG");
+    /* A managed driver whose program is missing. */
+    use_file("[openshell.drivers.process]\nprogram = \"/nonexistent/drv\"\n");
+    EXPECT_PLAN_ERR("program /nonexistent/drv is not an executable file", "--log-level", "info");
     unlink(file_path);
     unsetenv("OPENSHELL_GATEWAY_CONFIG");
     /* Built-in but not in this binary. */

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config/config.h"
 
@@ -119,6 +120,14 @@ int driver_plan_resolve(const struct config *c, const char *self_dir, struct dri
                      "managed driver socket %s is longer than %zu bytes; use a shorter "
                      "--state-dir",
                      out->socket_path, max_sun);
+            driver_plan_clear(out);
+            return -1;
+        }
+        if (access(out->program, X_OK) != 0) {
+            snprintf(err, errlen,
+                     "managed driver '%s': program %s is not an executable file (set "
+                     "[openshell.drivers.%s] program)",
+                     name, out->program, name);
             driver_plan_clear(out);
             return -1;
         }
