@@ -183,9 +183,36 @@ struct reactor_spawn_opts {
     bool drop_privileges;
     bool new_process_group; /* setpgid(0,0), so the group can be signalled */
     bool die_with_parent;   /* PR_SET_PDEATHSIG SIGKILL */
+    /* Sandboxes; all zero keeps the plain fork()/exec() above. */
+    int clone_flags; /* CLONE_NEW* flags: the child starts in new namespaces. With
+                        CLONE_NEWPID it is PID 1 of its namespace, getppid() says 0,
+                        and die_with_parent cannot check that the parent survived
+                        until prctl(): pre_exec should (e.g. poll a pipe whose read
+                        end only the parent holds for POLLERR). */
+    /* Runs in the child after the redirections and the parent-death signal,
+     * before other fds are closed and argv[0] is executed (so argv[0] may be
+     * a path that only exists after the hook, e.g. after pivot_root).
+     * Async-signal-safe code only. Returns 0, or -1 with errno set and
+     * |*step| pointing to a static name of what failed. */
+    int (*pre_exec)(void *arg, const char **step);
+    void *pre_exec_arg;
+    /* > 2: write end of a pipe (O_CLOEXEC) kept open in the child up to
+     * exec. A failure between fork and exec is written to it as one struct
+     * reactor_spawn_failure before the child exits 127; a successful exec
+     * closes it, so the reader sees end-of-file with no data (unless
+     * pre_exec cleared FD_CLOEXEC to hand it on to the program). The
+     * caller closes its own copy after reactor_spawn() returns. 0 = none. */
+    int report_fd;
 };
 
-/* Forks and execs. Reaping is done from a SIGCHLD handler with
+/* What reactor_spawn's child writes to |report_fd| when setup fails. */
+struct reactor_spawn_failure {
+    int err;       /* errno */
+    char step[60]; /* NUL-terminated name of the failed step */
+};
+
+/* Forks (or clone()s into new namespaces, see clone_flags) and execs.
+ * Reaping is done from a SIGCHLD handler with
  * waitpid(-1, WNOHANG), which reaps every child of the process: other code
  * must not wait for children of its own. Exec failure (and any failure
  * between fork and exec, with one line on the child's stderr) shows as exit

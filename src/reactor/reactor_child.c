@@ -4,11 +4,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -38,6 +40,21 @@ static size_t append_str(char *buf, size_t used, size_t cap, const char *s)
     while (*s != '\0' && used + 1 < cap)
         buf[used++] = *s++;
     return used;
+}
+
+/* Hands the failure to the parent through |report_fd|, if any. */
+static void child_report_fd(int fd, const char *step, int err)
+{
+    struct reactor_spawn_failure f;
+    size_t n;
+
+    memset(&f, 0, sizeof(f));
+    f.err = err;
+    n = append_str(f.step, 0, sizeof(f.step), step);
+    f.step[n] = '\0';
+    if (write(fd, &f, sizeof(f)) < 0) {
+        /* the parent is gone; the exit status still says 127 */
+    }
 }
 
 /* Leaves one line on the child's stderr, which is often a log file. */
@@ -109,20 +126,35 @@ static int child_drop_privileges(const struct reactor_spawn_opts *o)
     return 0;
 }
 
-static void child_close_fds(void)
+/* Closes every fd above 2 except |keep| (> 2, or 0 for none). */
+static void child_close_fds(int keep)
 {
     struct rlimit rl;
     long max = CHILD_CLOSE_FALLBACK_MAX;
     long fd;
 
-    if (close_range(3, ~0U, 0) == 0)
+    if (keep > 3 && close_range(3, (unsigned)keep - 1, 0) != 0)
+        goto fallback;
+    if (close_range(keep > 2 ? (unsigned)keep + 1 : 3, ~0U, 0) == 0)
         return;
+fallback:
     /* Kernels before 5.9 lack close_range(). */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
         rl.rlim_cur < (rlim_t)max)
         max = (long)rl.rlim_cur;
-    for (fd = 3; fd < max; fd++)
-        (void)close((int)fd);
+    for (fd = 3; fd < max; fd++) {
+        if (fd != keep)
+            (void)close((int)fd);
+    }
+}
+
+/* Whether the parent still exists. In a new PID namespace getppid() is 0
+ * whatever happened: there the pre_exec hook has to ask (see reactor.h). */
+static bool child_parent_alive(const struct reactor_spawn_opts *o, pid_t parent)
+{
+    if (o->clone_flags & CLONE_NEWPID)
+        return true;
+    return getppid() == parent;
 }
 
 GW_NORETURN static void child_exec(const struct reactor_spawn_opts *o, pid_t parent)
@@ -130,6 +162,7 @@ GW_NORETURN static void child_exec(const struct reactor_spawn_opts *o, pid_t par
     char *const *argv = (char *const *)o->argv;
     const char *step = "exec";
     sigset_t none;
+    int err;
 
     child_reset_signals();
     if (o->new_process_group && setpgid(0, 0) != 0) {
@@ -156,13 +189,16 @@ GW_NORETURN static void child_exec(const struct reactor_spawn_opts *o, pid_t par
             goto out;
         }
         /* The parent may have died before prctl(): no signal would come. */
-        if (getppid() != parent) {
+        if (!child_parent_alive(o, parent)) {
             step = "waiting for the parent";
             errno = ESRCH;
             goto out;
         }
     }
-    child_close_fds();
+    if (o->pre_exec != NULL && o->pre_exec(o->pre_exec_arg, &step) != 0)
+        goto out;
+    step = "exec";
+    child_close_fds(o->report_fd);
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     if (o->envp != NULL)
@@ -170,7 +206,10 @@ GW_NORETURN static void child_exec(const struct reactor_spawn_opts *o, pid_t par
     else
         execv(argv[0], argv);
 out:
-    child_report(o->argv[0], step, errno);
+    err = errno;
+    if (o->report_fd > 2)
+        child_report_fd(o->report_fd, step, err);
+    child_report(o->argv[0], step, err);
     _exit(127);
 }
 
@@ -264,7 +303,13 @@ int reactor_spawn(struct reactor *r, const struct reactor_spawn_opts *opts, reac
      * libevent's handler there, which writes to a pipe shared with us. */
     sigfillset(&all);
     sigprocmask(SIG_SETMASK, &all, &old);
-    pid = fork();
+    /* A raw clone() with namespace flags behaves like fork() otherwise
+     * (glibc's clone() wrapper wants a separate stack). */
+    if (opts->clone_flags != 0)
+        pid = (pid_t)syscall(SYS_clone, (unsigned long)opts->clone_flags | SIGCHLD, NULL, NULL,
+                             NULL, NULL);
+    else
+        pid = fork();
     if (pid == 0)
         child_exec(opts, parent);
     err = errno;
