@@ -27,7 +27,14 @@
 struct gate_job {
     api_gate_fn fn;
     void *arg;
+    bool lifecycle;
     struct gate_job *next;
+};
+
+/* A platform event waiting to be written (in arrival order). */
+struct pending_pev {
+    char *params[4]; /* id, actor, reason, payload JSON */
+    struct pending_pev *next;
 };
 
 struct api_gate {
@@ -38,7 +45,10 @@ struct api_gate {
     size_t snap_len;
     bool lost;     /* the driver said it is gone (deleted event / missing from List) */
     const char *lost_reason;
+    struct pending_pev *pev_head, *pev_tail; /* platform events, oldest first */
     uint64_t last_watch_us;
+    unsigned lifecycle;    /* lifecycle ops queued or running (creates, deletes, ...) */
+    bool holder_lifecycle; /* the current holder is a lifecycle op */
     struct api_gate *next;
 };
 
@@ -113,6 +123,18 @@ static struct api_gate *gate_find(struct api_compute *c, const char *id, bool cr
     return g;
 }
 
+static void pev_free(struct pending_pev *p)
+{
+    for (size_t i = 0; i < GW_ARRAY_LEN(p->params); i++)
+        free(p->params[i]);
+    free(p);
+}
+
+static bool gate_has_observation(const struct api_gate *g)
+{
+    return g->snap != NULL || g->lost || g->pev_head != NULL;
+}
+
 static void gate_remove(struct api_compute *c, struct api_gate *g)
 {
     struct api_gate **pp = &c->buckets[gate_hash(g->id)];
@@ -120,19 +142,27 @@ static void gate_remove(struct api_compute *c, struct api_gate *g)
         pp = &(*pp)->next;
     *pp = g->next;
     c->n_gates--;
+    while (g->pev_head != NULL) {
+        struct pending_pev *p = g->pev_head;
+        g->pev_head = p->next;
+        pev_free(p);
+    }
     free(g->snap);
     free(g);
 }
 
 static void apply_observation(struct api *a, const char *id, void *arg);
 
-void api_gate_enter(struct api *a, const char *id, api_gate_fn fn, void *arg)
+static void gate_enter(struct api *a, const char *id, api_gate_fn fn, void *arg, bool lifecycle)
 {
     struct api_gate *g = gate_find(a->compute, id, true);
+    if (lifecycle)
+        g->lifecycle++;
     if (g->busy) {
         struct gate_job *j = gw_xmalloc(sizeof(*j));
         j->fn = fn;
         j->arg = arg;
+        j->lifecycle = lifecycle;
         j->next = NULL;
         if (g->tail != NULL)
             g->tail->next = j;
@@ -142,7 +172,13 @@ void api_gate_enter(struct api *a, const char *id, api_gate_fn fn, void *arg)
         return;
     }
     g->busy = true;
+    g->holder_lifecycle = lifecycle;
     fn(a, g->id, arg);
+}
+
+void api_gate_enter(struct api *a, const char *id, api_gate_fn fn, void *arg)
+{
+    gate_enter(a, id, fn, arg, true);
 }
 
 void api_gate_leave(struct api *a, const char *id)
@@ -150,6 +186,10 @@ void api_gate_leave(struct api *a, const char *id)
     struct api_compute *c = a->compute;
     struct api_gate *g = gate_find(c, id, false);
     GW_ASSERT(g != NULL && g->busy);
+    if (g->holder_lifecycle) {
+        GW_ASSERT(g->lifecycle > 0);
+        g->lifecycle--;
+    }
     if (g->head != NULL) {
         struct gate_job *j = g->head;
         g->head = j->next;
@@ -157,11 +197,13 @@ void api_gate_leave(struct api *a, const char *id)
             g->tail = NULL;
         api_gate_fn fn = j->fn;
         void *arg = j->arg;
+        g->holder_lifecycle = j->lifecycle;
         free(j);
         fn(a, g->id, arg);
         return;
     }
-    if (g->snap != NULL || g->lost) {
+    g->holder_lifecycle = false;
+    if (gate_has_observation(g)) {
         apply_observation(a, g->id, NULL);
         return;
     }
@@ -173,6 +215,13 @@ bool api_gate_busy(struct api *a, const char *id)
 {
     struct api_gate *g = gate_find(a->compute, id, false);
     return g != NULL && g->busy;
+}
+
+/* A lifecycle call (create, delete, ...) holds or waits for the gate. */
+static bool lifecycle_pending(struct api_compute *c, const char *id)
+{
+    struct api_gate *g = gate_find(c, id, false);
+    return g != NULL && g->lifecycle > 0;
 }
 
 /* ---- rows ------------------------------------------------------------------------------ */
@@ -276,6 +325,7 @@ struct obs_op {
     struct api *a;
     char id[40];
     Openshell__Compute__V1__DriverSandbox *snap; /* NULL: apply "lost" */
+    struct pending_pev *pev; /* a platform event to write */
     bool lost;
     char reason[64];
     int new_phase;
@@ -289,8 +339,19 @@ static void obs_finish(struct obs_op *op)
     snprintf(id, sizeof(id), "%s", op->id);
     if (op->snap != NULL)
         protobuf_c_message_free_unpacked(&op->snap->base, NULL);
+    if (op->pev != NULL)
+        pev_free(op->pev);
     free(op);
     api_gate_leave(a, id);
+}
+
+static void pev_written(const struct store_result *r, void *arg)
+{
+    struct obs_op *op = arg;
+    if (r->status != STORE_OK)
+        log_warn("compute.platform_event_failed", LF_STR("sandbox_id", op->id),
+                 LF_STR("error", r->error));
+    obs_finish(op);
 }
 
 static void obs_written(const struct store_result *r, void *arg)
@@ -378,13 +439,25 @@ static void obs_read(const struct store_result *r, void *arg)
     api_sb_row_clear(&row);
 }
 
-/* Runs under the gate: takes the gate's pending observation and applies it. */
+/* Runs under the gate: takes the gate's oldest pending observation and
+ * applies it (platform events first, in arrival order: the driver sends a
+ * transition's event before its snapshot); leaving the gate applies the
+ * next. */
 static void apply_observation(struct api *a, const char *id, void *arg)
 {
     struct api_gate *g = gate_find(a->compute, id, false);
     struct obs_op *op = gw_xcalloc(1, sizeof(*op));
     op->a = a;
     snprintf(op->id, sizeof(op->id), "%s", id);
+    if (g->pev_head != NULL) {
+        op->pev = g->pev_head;
+        g->pev_head = op->pev->next;
+        if (g->pev_head == NULL)
+            g->pev_tail = NULL;
+        api_store_run(a, &store_sb_platform_event, (const char *const *)op->pev->params, NULL,
+                      pev_written, op);
+        return;
+    }
     if (g->lost) {
         op->lost = true;
         snprintf(op->reason, sizeof(op->reason), "%s", g->lost_reason);
@@ -420,7 +493,7 @@ static void observe_snapshot(struct api *a, const Openshell__Compute__V1__Driver
     protobuf_c_message_pack(&sb->base, g->snap);
     g->last_watch_us = gw_now_mono_us();
     if (!g->busy)
-        api_gate_enter(a, g->id, apply_observation, NULL);
+        gate_enter(a, g->id, apply_observation, NULL, false);
 }
 
 static void observe_lost(struct api *a, const char *id, const char *reason)
@@ -432,26 +505,14 @@ static void observe_lost(struct api *a, const char *id, const char *reason)
     g->lost_reason = reason;
     g->last_watch_us = gw_now_mono_us();
     if (!g->busy)
-        api_gate_enter(a, g->id, apply_observation, NULL);
+        gate_enter(a, g->id, apply_observation, NULL, false);
 }
 
 /* ---- platform events ------------------------------------------------------------- */
 
-struct pev_op {
-    char *params[4];
-};
-
-static void pev_done(const struct store_result *r, void *arg)
-{
-    struct pev_op *p = arg;
-    if (r->status != STORE_OK)
-        log_warn("compute.platform_event_failed", LF_STR("sandbox_id", p->params[0]),
-                 LF_STR("error", r->error));
-    for (size_t i = 0; i < 4; i++)
-        free(p->params[i]);
-    free(p);
-}
-
+/* Queued on the sandbox's gate and written one at a time, so their stream
+ * order is the order the driver sent them (the pool's connections would
+ * otherwise commit concurrent writes in any order). */
 static void observe_platform_event(struct api *a,
                                    const Openshell__Compute__V1__WatchSandboxesPlatformEvent *pe)
 {
@@ -464,13 +525,21 @@ static void observe_platform_event(struct api *a,
     json_t *o = json_pack("{s:I,s:s,s:s,s:s,s:s,s:o}", "timestamp_ms", (json_int_t)e->timestamp_ms,
                           "source", e->source, "type", e->type, "reason", e->reason, "message",
                           e->message, "metadata", meta);
-    struct pev_op *p = gw_xcalloc(1, sizeof(*p));
+    struct pending_pev *p = gw_xcalloc(1, sizeof(*p));
     p->params[0] = gw_xstrdup(pe->sandbox_id);
     p->params[1] = gw_xstrdup(ACTOR_DRIVER);
     p->params[2] = gw_xstrdup(e->reason);
     p->params[3] = o != NULL ? json_dumps(o, JSON_COMPACT) : gw_xstrdup("{}");
     json_decref(o);
-    api_store_run(a, &store_sb_platform_event, (const char *const *)p->params, NULL, pev_done, p);
+
+    struct api_gate *g = gate_find(a->compute, pe->sandbox_id, true);
+    if (g->pev_tail != NULL)
+        g->pev_tail->next = p;
+    else
+        g->pev_head = p;
+    g->pev_tail = p;
+    if (!g->busy)
+        gate_enter(a, g->id, apply_observation, NULL, false);
 }
 
 /* ---- reconciliation ------------------------------------------------------------------ */
@@ -547,7 +616,7 @@ static void reconcile_rows(const struct store_result *r, void *arg)
          * busy) or a record written after the List started is not missing.
          * (Another replica's create between its insert and its driver call
          * could look missing: run one replica, as upstream says.) */
-        if (newer_watch || (g != NULL && g->busy) ||
+        if (newer_watch || lifecycle_pending(c, id) ||
             store_get_i64(r, i, STORE_SB_CREATED_MS) >= c->list_started_ms)
             continue;
         observe_lost(a, id, "missing from the driver's ListSandboxes");
@@ -557,8 +626,7 @@ static void reconcile_rows(const struct store_result *r, void *arg)
         const Openshell__Compute__V1__DriverSandbox *sb = ls->sandboxes[k];
         if (matched[k] || sb->id == NULL)
             continue;
-        struct api_gate *g = gate_find(c, sb->id, false);
-        if (g != NULL && g->busy)
+        if (lifecycle_pending(c, sb->id))
             continue; /* a create or delete of ours is still deciding */
         const char *owner = owner_label(sb);
         if (owner == NULL || strcmp(owner, sb->id) != 0) {
@@ -709,6 +777,11 @@ void api_compute_free(struct api *a)
                 struct gate_job *j = g->head;
                 g->head = j->next;
                 free(j);
+            }
+            while (g->pev_head != NULL) {
+                struct pending_pev *p = g->pev_head;
+                g->pev_head = p->next;
+                pev_free(p);
             }
             free(g->snap);
             free(g);

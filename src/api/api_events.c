@@ -27,6 +27,7 @@ struct ev_stream {
     char sandbox_id[37];
     bool follow_status, stop_on_terminal, follow_events;
     bool paused;   /* the subscription waits for events_sub_resume */
+    struct events_event *held; /* a platform event not sent yet (at most one: paused after) */
     uint32_t event_tail;  /* platform events to replay after the first snapshot */
     bool tail_pending;    /* replay not sent yet: live events wait */
     uint64_t start_seq;   /* the subscription starts after this */
@@ -58,6 +59,10 @@ static void stream_end(struct ev_stream *st)
     if (st->ending)
         return;
     st->ending = true;
+    if (st->held != NULL) {
+        events_event_unref(st->held);
+        st->held = NULL;
+    }
     struct api *a = st->api;
     if (st->prev)
         st->prev->next = st->next;
@@ -228,6 +233,7 @@ static void subscribe(struct grpc_call *call, void *msg)
 
 static void watch_read(struct ev_stream *st);
 static void watch_tail(struct ev_stream *st);
+static bool watch_resume(struct ev_stream *st);
 static int send_platform_event(struct ev_stream *st, const struct events_event *ev);
 
 static void watch_got(const struct store_result *r, void *arg)
@@ -282,10 +288,8 @@ static void watch_got(const struct store_result *r, void *arg)
         watch_tail(st);
         return;
     }
-    if (st->paused && rv == GRPC_SEND_OK) {
-        st->paused = false;
-        events_sub_resume(st->sub);
-    }
+    if (rv == GRPC_SEND_OK && !watch_resume(st))
+        return;
     if (st->dirty && rv == GRPC_SEND_OK) {
         st->dirty = false;
         watch_read(st);
@@ -320,10 +324,8 @@ static void watch_tail_got(const struct store_result *r, void *arg)
             return;
         }
     }
-    if (st->paused && !grpc_call_congested(st->call)) {
-        st->paused = false;
-        events_sub_resume(st->sub);
-    }
+    if (!grpc_call_congested(st->call) && !watch_resume(st))
+        return;
     if (st->dirty && !grpc_call_congested(st->call)) {
         st->dirty = false;
         watch_read(st);
@@ -353,6 +355,28 @@ static void watch_read(struct ev_stream *st)
         return;
     }
     st->reading = true;
+}
+
+/* Resumes the paused subscription once the held platform event (if any)
+ * went out. Returns false when the stream ended or is congested again. */
+static bool watch_resume(struct ev_stream *st)
+{
+    if (!st->paused || st->ending)
+        return !st->ending;
+    if (st->held != NULL) {
+        int rv = send_platform_event(st, st->held);
+        events_event_unref(st->held);
+        st->held = NULL;
+        if (rv < 0) {
+            stream_end(st);
+            return false;
+        }
+        if (rv == GRPC_SEND_FULL)
+            return false; /* on_writable resumes */
+    }
+    st->paused = false;
+    events_sub_resume(st->sub);
+    return true;
 }
 
 /* A driver's platform event (kind sandbox.platform_event; the payload is
@@ -409,7 +433,12 @@ static bool watch_event(struct events_sub *sub, const struct events_event *ev, v
         if (!st->follow_events)
             return true;
         if (!st->sent || st->reading || st->tail_pending || grpc_call_congested(st->call)) {
-            st->paused = true; /* resumed after the snapshot / when writable */
+            /* Not now: the subscription counts it delivered, so keep it
+             * and send it first when resumed (after the snapshot / replay,
+             * or when writable). Paused, nothing else arrives meanwhile. */
+            events_event_ref((struct events_event *)ev);
+            st->held = (struct events_event *)ev;
+            st->paused = true;
             return false;
         }
         int rv = send_platform_event(st, ev);
@@ -443,10 +472,8 @@ static void watch_writable(struct grpc_call *call)
         st->dirty = false;
         watch_read(st);
     }
-    if (st->paused && st->sent && !st->reading) {
-        st->paused = false;
-        events_sub_resume(st->sub);
-    }
+    if (st->sent && !st->reading && !st->tail_pending)
+        (void)watch_resume(st);
 }
 
 static bool uuid_text(const char *s)
