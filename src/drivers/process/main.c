@@ -186,7 +186,7 @@ static char *real_path(const char *path, const char *what)
     char *r = realpath(path, NULL);
 
     if (r == NULL)
-        log_error("driver.bad_path", LF_STR("what", what), LF_STR("path", path),
+        log_error("process.bad_path", LF_STR("what", what), LF_STR("path", path),
                   LF_STR("error", strerror(errno)));
     return r;
 }
@@ -201,7 +201,7 @@ static int resolve_paths(struct driver_main *m)
     int rv = -1;
 
     if (make_dirs(o->state_dir, 0700) != 0 || make_dirs(dir, 0755) != 0)
-        log_error("driver.mkdir_failed", LF_STR("error", strerror(errno)));
+        log_error("process.mkdir_failed", LF_STR("error", strerror(errno)));
     if ((m->state_dir = real_path(o->state_dir, "state-dir")) == NULL ||
         (m->d.socket_dir = real_path(dir, "socket directory")) == NULL)
         goto out;
@@ -228,7 +228,7 @@ static int resolve_supervisor(struct driver_main *m)
     if (o->supervisor == NULL) {
         n = readlink("/proc/self/exe", self, sizeof(self) - 1);
         if (n <= 0) {
-            log_error("driver.self_path_failed", LF_STR("error", strerror(errno)));
+            log_error("process.self_path_failed", LF_STR("error", strerror(errno)));
             return -1;
         }
         self[n] = '\0';
@@ -241,7 +241,7 @@ static int resolve_supervisor(struct driver_main *m)
     if (m->supervisor == NULL)
         return -1;
     if (access(m->supervisor, X_OK) != 0) {
-        log_error("driver.bad_path", LF_STR("what", "supervisor"), LF_STR("path", m->supervisor),
+        log_error("process.bad_path", LF_STR("what", "supervisor"), LF_STR("path", m->supervisor),
                   LF_STR("error", strerror(errno)));
         return -1;
     }
@@ -257,7 +257,7 @@ static int lock_state_dir(struct driver_main *m)
 
     m->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (m->lock_fd < 0 || flock(m->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        log_error("driver.state_dir_locked", LF_STR("path", path),
+        log_error("process.state_dir_locked", LF_STR("path", path),
                   LF_STR("error", errno == EWOULDBLOCK ? "another openshell-driver-process uses "
                                                          "this state directory"
                                                        : strerror(errno)));
@@ -272,7 +272,7 @@ static int lock_state_dir(struct driver_main *m)
 
 static void on_idle(struct process_driver *d)
 {
-    log_info("driver.sandboxes_stopped");
+    log_info("process.sandboxes_stopped");
     reactor_stop(d->r);
 }
 
@@ -282,11 +282,11 @@ static void on_terminate(int signo, void *arg)
     struct process_driver *d = &m->d;
 
     if (m->signals++ > 0) {
-        log_warn("driver.stop_now", LF_STR("signal", strsignal(signo)));
+        log_warn("process.stop_now", LF_STR("signal", strsignal(signo)));
         process_sandboxes_shutdown(d, 0, true);
         return;
     }
-    log_info("driver.stopping", LF_STR("signal", strsignal(signo)));
+    log_info("process.stopping", LF_STR("signal", strsignal(signo)));
     (void)reactor_sd_notify(d->r, "STOPPING=1");
     process_service_stop(d);
     d->on_idle = on_idle;
@@ -297,7 +297,7 @@ static void on_terminate(int signo, void *arg)
 
 static void on_hangup(int signo, void *arg)
 {
-    log_info("driver.sighup_ignored");
+    log_info("process.sighup_ignored");
 }
 
 static int startup(struct driver_main *m)
@@ -319,7 +319,7 @@ static int startup(struct driver_main *m)
     process_cgroups_probe(d);
     if (process_sandboxes_load(d) != 0 || process_service_start(d) != 0)
         return -1;
-    log_info("driver.ready", LF_STR("socket", d->o.socket_path), LF_STR("name", d->o.name),
+    log_info("process.ready", LF_STR("socket", d->o.socket_path), LF_STR("name", d->o.name),
              LF_STR("version", PACKAGE_VERSION), LF_STR("state_dir", d->o.state_dir),
              LF_STR("supervisor", d->o.supervisor), LF_UINT("sandboxes", d->n_sandboxes),
              LF_BOOL("allow_host_network", d->o.allow_host_network));
@@ -367,9 +367,9 @@ int main(int argc, char **argv)
         if (reactor_run(m.d.r) == 0)
             code = 0;
         else
-            log_error("driver.loop_failed");
+            log_error("process.loop_failed");
     }
-    log_info("driver.stopped", LF_INT("exit_code", code));
+    log_info("process.stopped", LF_INT("exit_code", code));
     teardown(&m);
     return code;
 }
