@@ -1,0 +1,1 @@
+"""Compute-driver conformance suite (see conftest.py)."""
