@@ -15,6 +15,7 @@
 
 #include "api/api_int.h"
 #include "compute_driver.pb-c.h"
+#include "datamodel.pb-c.h"
 #include "google/protobuf/struct.pb-c.h"
 #include "labels/labels.h"
 #include "openshell.pb-c.h"
@@ -1117,6 +1118,53 @@ static void test_api_spec_to_driver_validated_request(void **state)
     assert_struct(d->spec->template_->driver_config, "{'x': 'y'}");
 }
 
+/* ---- api_message_json (the spec_json column) ------------------------------------ */
+
+static void test_api_message_json_spec(void **state)
+{
+    Openshell__V1__SandboxSpec *s = spec_new();
+    const char *argv[] = {"/bin/sh", "-c", "echo 'hi'"};
+    set_command(s, 3, argv);
+    s->tty = true;
+    s->log_level = sdup("debug");
+    Openshell__V1__SandboxTemplate *t = tmpl_of(s);
+    t->image = sdup("host");
+    TMPL_LABEL_ADD(t, "app", "web");
+    t->driver_config = S("{'process': {'network': 'isolated', 'pids_limit': 64}, 'x': [1, true, null]}");
+    t->_user_namespaces_case = OPENSHELL__V1__SANDBOX_TEMPLATE___USER_NAMESPACES_USER_NAMESPACES;
+    t->user_namespaces = false; /* set, even though false: presence is kept */
+    s->resource_requirements = msg(&openshell__v1__resource_requirements__descriptor);
+    s->resource_requirements->gpu = msg(&openshell__v1__gpu_resource_requirements__descriptor);
+
+    char *j = api_message_json(&s->base);
+    assert_string_equal(
+        j, "{\"command\":[\"/bin/sh\",\"-c\",\"echo 'hi'\"],\"logLevel\":\"debug\","
+           "\"resourceRequirements\":{\"gpu\":{}},\"template\":{\"driverConfig\":{\"process\":"
+           "{\"network\":\"isolated\",\"pids_limit\":64.0},\"x\":[1.0,true,null]},"
+           "\"image\":\"host\",\"labels\":{\"app\":\"web\"},\"userNamespaces\":false},"
+           "\"tty\":true}");
+    free(j);
+}
+
+static void test_api_message_json_scalars(void **state)
+{
+    Openshell__V1__SandboxStatus st = OPENSHELL__V1__SANDBOX_STATUS__INIT;
+    st.phase = OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_READY;
+    st._exit_code_case = OPENSHELL__V1__SANDBOX_STATUS___EXIT_CODE_EXIT_CODE;
+    st.exit_code = 0; /* a set oneof member is shown even at its default */
+    char *j = api_message_json(&st.base);
+    assert_string_equal(j, "{\"exitCode\":0,\"phase\":\"SANDBOX_PHASE_READY\"}");
+    free(j);
+
+    Openshell__Datamodel__V1__ObjectMeta m = OPENSHELL__DATAMODEL__V1__OBJECT_META__INIT;
+    m.created_at_ms = 1795395580497;
+    m.resource_version = 18446744073709551615ull;
+    j = api_message_json(&m.base);
+    assert_string_equal(j, "{\"createdAtMs\":\"1795395580497\","
+                           "\"resourceVersion\":\"18446744073709551615\"}");
+    free(j);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1156,6 +1204,8 @@ int main(void)
         T(test_api_spec_to_driver_driver_config_not_object),
         T(test_api_spec_to_driver_driver_config_repeated_key),
         T(test_api_spec_to_driver_validated_request),
+        T(test_api_message_json_spec),
+        T(test_api_message_json_scalars),
 #undef T
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
