@@ -71,6 +71,7 @@ OUT = Path(os.environ.get("OUT", str(REPO / "bench" / "results" / "drivers.md"))
 KEEP = os.environ.get("KEEP", "0") == "1"
 PARTS = os.environ.get("PARTS", "a b").split()
 RUNNING_TIMEOUT = 30.0
+PG_STATS = os.environ.get("PG_STATS", "0") == "1"  # where PostgreSQL time goes
 
 
 def log(msg):
@@ -110,11 +111,16 @@ class Bench:
             f.write("\n# driver_bench: durable commits\n"
                     "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
                     "log_connections = off\nmax_connections = 100\n")
+            if PG_STATS:
+                f.write("shared_preload_libraries = 'pg_stat_statements'\n"
+                        "pg_stat_statements.track = all\n")
         self.pg.start()
         log(f"postgres up on 127.0.0.1:{self.pg.port}")
 
     def new_db(self, name):
         self.pg.sql(f"CREATE DATABASE {name}")
+        if PG_STATS:
+            self.pg.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements", dbname=name)
         return f"postgresql://postgres@127.0.0.1:{self.pg.port}/{name}"
 
     def start_gateway(self, db_url, *extra):
@@ -290,6 +296,8 @@ class Bench:
         span = window_end - t_meas
         stored = int(self.pg.sql("SELECT count(*) FROM sandboxes WHERE deleted_at IS NULL",
                                  dbname=f"tput{r}").strip())
+        if PG_STATS and r == 1:
+            self.dump_pg_stats(f"tput{r}", stored)
         self.stop_gateway(gw)
         drv.stop()
         out = {"rate": ok / span if span > 0 else 0.0, "ok": ok, "errors": errs,
@@ -305,6 +313,26 @@ class Bench:
         log(f"(b) run {r}: {out['rate']:.0f} sandboxes/s, errors {errs}, "
             f"gateway {fmt(cpu['gw_pct'])} %, fake {fmt(out['fake_pct'])} %")
         return out
+
+    def dump_pg_stats(self, dbname, creates):
+        """Where PostgreSQL's time goes per created sandbox (PG_STATS=1):
+        pg_stat_statements of the whole run 1 (warm-up included), per
+        statement: calls and execution time per stored sandbox."""
+        rows = self.pg.sql(
+            "SELECT calls, round(total_exec_time::numeric, 1), "
+            "regexp_replace(left(query, 90), '\\s+', ' ', 'g') FROM pg_stat_statements "
+            f"WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '{dbname}') "
+            "ORDER BY total_exec_time DESC LIMIT 15", dbname=dbname)
+        out = ["| calls per create | exec ms per create | statement |", "|---:|---:|---|"]
+        for line in rows.strip().splitlines():
+            calls, ms, q = line.split("|", 2)
+            out.append(f"| {int(calls) / max(creates, 1):.2f} | {float(ms) / max(creates, 1):.3f} "
+                       f"| `{q.strip()}` |")
+        path = REPO / "bench" / "results" / "drivers-pgstats.md"
+        path.write_text("# PostgreSQL time per created sandbox (driver_bench PG_STATS=1, run 1)\n\n"
+                        f"{creates} sandboxes stored; top statements by total execution time.\n\n"
+                        + "\n".join(out) + "\n")
+        log(f"pg_stat_statements written to {path}")
 
     def part_b(self):
         return [self.part_b_run(r) for r in range(1, REPEAT + 1)]

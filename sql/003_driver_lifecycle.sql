@@ -9,15 +9,20 @@ CREATE FUNCTION gw_sandbox_platform_event(p_id uuid, p_actor text, p_reason text
                                           p_payload jsonb) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
-    s sandboxes;
+    v_name text;
+    v_workspace text;
+    v_phase text;
+    v_labels jsonb;
 BEGIN
-    SELECT * INTO s FROM sandboxes WHERE id = p_id AND deleted_at IS NULL;
+    -- Only what the event needs (not the spec and status blobs).
+    SELECT s.name, w.name, s.phase, s.labels INTO v_name, v_workspace, v_phase, v_labels
+    FROM sandboxes s JOIN workspaces w ON w.id = s.workspace_id
+    WHERE s.id = p_id AND s.deleted_at IS NULL;
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    PERFORM gw_event(p_id, s.name, (SELECT name FROM workspaces WHERE id = s.workspace_id),
-                     'sandbox.platform_event', s.phase, s.phase, p_actor, p_reason, s.labels,
-                     p_payload);
+    PERFORM gw_event(p_id, v_name, v_workspace, 'sandbox.platform_event', v_phase, v_phase,
+                     p_actor, p_reason, v_labels, p_payload);
     RETURN true;
 END $$;
 

@@ -49,6 +49,8 @@ struct lc_op {
     char *labels_json;
     char *annotations_json;
     char *spec_json;
+    uint8_t *reply; /* packed SandboxResponse of the persisted record */
+    size_t reply_len;
     /* failure to report once cleanup is done */
     int fail_status;
     char *fail_message;
@@ -99,6 +101,7 @@ static void lc_free(struct lc_op *op)
     free(op->labels_json);
     free(op->annotations_json);
     free(op->spec_json);
+    free(op->reply);
     free(op->fail_message);
     free(op);
 }
@@ -584,18 +587,21 @@ static char *annotations_json(const Openshell__V1__CreateSandboxRequest *req)
     return json_take(o);
 }
 
-static void create_reread(const struct store_result *r, void *arg)
+/* Replies with the record as persisted: the gate was held since, so no
+ * observation changed it. */
+static void create_reply(struct lc_op *op)
 {
-    struct lc_op *op = arg;
-    if (r->status != STORE_OK || store_ntuples(r) == 0) {
-        /* Created, but the read back failed: say so rather than lie. */
-        lc_fail(op, GRPC_STATUS_UNAVAILABLE,
-                "sandbox '%s' was created but could not be read back; use GetSandbox", op->name);
-        return;
-    }
     log_info("api.sandbox_created", LF_STR("sandbox_id", op->id), LF_STR("name", op->name),
              LF_STR("workspace", op->workspace), LF_STR("owner", op->actor));
-    lc_reply_row(op, r);
+    if (op->call != NULL && op->reply != NULL) {
+        Openshell__V1__SandboxResponse *resp =
+            openshell__v1__sandbox_response__unpack(NULL, op->reply_len, op->reply);
+        GW_ASSERT(resp != NULL);
+        grpc_call_reply(op->call, &resp->base);
+        protobuf_c_message_free_unpacked(&resp->base, NULL);
+        op->call = NULL;
+    }
+    lc_done(op);
 }
 
 static void create_cleanup_driver_done(int status, const char *message,
@@ -622,8 +628,7 @@ static void create_driver_done(int status, const char *message, const ProtobufCM
 {
     struct lc_op *op = arg;
     if (status == GRPC_STATUS_OK) {
-        const char *p[] = {op->id};
-        api_store_run(op->a, &store_sb_get_by_id, p, NULL, create_reread, op);
+        create_reply(op);
         return;
     }
     /* Nothing half created: the record goes, and when the driver may have
@@ -670,6 +675,17 @@ static void create_persisted(const struct store_result *r, void *arg)
             lc_fail_store(op, r, "sandbox");
         }
         return;
+    }
+    if (op->call != NULL) {
+        /* The reply, built now: the row is only readable in this callback. */
+        Openshell__V1__SandboxResponse resp = OPENSHELL__V1__SANDBOX_RESPONSE__INIT;
+        grpc_call_scratch_begin(op->call);
+        resp.sandbox = api_sandbox_from_row(op->call, r, 0);
+        op->reply_len = protobuf_c_message_get_packed_size(&resp.base);
+        op->reply = gw_xmalloc(op->reply_len ? op->reply_len : 1);
+        protobuf_c_message_pack(&resp.base, op->reply);
+        api_sandbox_free_unpacked(resp.sandbox);
+        grpc_call_scratch_end(op->call);
     }
     /* The driver gets the spec with the sandbox token (minted here once
      * the gateway has a signing key: the supervisor issue). */
