@@ -53,7 +53,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "e2e"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from events_bench import CpuMeter, fmt, med, pct, proc_cpu_s  # noqa: E402
+from events_bench import CpuMeter, durable_postgres, fmt, med, pct, proc_cpu_s  # noqa: E402
 
 
 def env_int(name, default):
@@ -101,20 +101,10 @@ class Bench:
     # -- servers ------------------------------------------------------------
 
     def start_postgres(self):
-        u = self.u
-        # Not under self.work: that is 0700 root, which postgres cannot enter.
-        basedir = Path(tempfile.mkdtemp(prefix="osdrvbench-pg-"))
-        self.pg_lock = u.PortLock()
-        self.pg = u.Postgres(basedir, self.pg_lock.port)
-        self.pg.initdb()
-        with open(self.pg.pgdata / "postgresql.conf", "a") as f:
-            f.write("\n# driver_bench: durable commits\n"
-                    "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
-                    "log_connections = off\nmax_connections = 100\n")
-            if PG_STATS:
-                f.write("shared_preload_libraries = 'pg_stat_statements'\n"
-                        "pg_stat_statements.track = all\n")
-        self.pg.start()
+        self.pg_lock = self.u.PortLock()
+        extra = ("shared_preload_libraries = 'pg_stat_statements'\n"
+                 "pg_stat_statements.track = all\n") if PG_STATS else ""
+        self.pg, _ = durable_postgres(self.u, self.pg_lock.port, "osdrvbench-pg-", extra)
         log(f"postgres up on 127.0.0.1:{self.pg.port}")
 
     def new_db(self, name):

@@ -117,6 +117,22 @@ def log(msg):
 # small helpers
 
 
+def durable_postgres(u, port, prefix, extra_conf=""):
+    """A throwaway PostgreSQL 15 tuned for measuring commits: utils.Postgres
+    tunes for tests (fsync off); later lines win in postgresql.conf. Not
+    under a 0700 work dir: the postgres user must enter it. Returns the
+    started server and its base directory."""
+    basedir = Path(tempfile.mkdtemp(prefix=prefix))
+    pg = u.Postgres(basedir, port)
+    pg.initdb()
+    with open(pg.pgdata / "postgresql.conf", "a") as f:
+        f.write("\n# bench: durable commits\n"
+                "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
+                "log_connections = off\nmax_connections = 100\n" + extra_conf)
+    pg.start()
+    return pg, basedir
+
+
 def proc_cpu_s(pid):
     """utime+stime of |pid| (all threads) in seconds; None if it is gone."""
     try:
@@ -567,17 +583,8 @@ class Bench:
 
     def start_postgres(self):
         u = self.utils
-        basedir = Path(tempfile.mkdtemp(prefix="openshell-evbench-pg-"))
         self.pg_lock = u.PortLock()
-        self.pg = u.Postgres(basedir, self.pg_lock.port)
-        self.pg.initdb()
-        # utils.Postgres tunes for tests (fsync off); we measure commits.
-        # Later lines win in postgresql.conf.
-        with open(self.pg.pgdata / "postgresql.conf", "a") as f:
-            f.write("\n# events_bench: durable commits\n"
-                    "fsync = on\nsynchronous_commit = on\nfull_page_writes = on\n"
-                    "log_connections = off\nmax_connections = 100\n")
-        self.pg.start()
+        self.pg, basedir = durable_postgres(u, self.pg_lock.port, "openshell-evbench-pg-")
         self.pg.utils_pg_bin = u.PG_BIN
         self.pg.sql("CREATE DATABASE bench")
         self.dsn = f"postgresql://postgres@127.0.0.1:{self.pg.port}/bench"
