@@ -179,18 +179,18 @@ static void test_process_quantity_parse_overflow(void **state)
 
 /* ---- names --------------------------------------------------------------------------- */
 
-static void test_process_id_valid(void **state)
+static void test_gw_uuid_valid(void **state)
 {
-    assert_true(process_id_valid(VALID_ID));
-    assert_true(process_id_valid("0B7C8A1E-2F44-4C1A-9D3E-5A6B7C8D9E0F"));
-    assert_false(process_id_valid(NULL));
-    assert_false(process_id_valid(""));
-    assert_false(process_id_valid("0b7c8a1e-2f44-4c1a-9d3e-5a6b7c8d9e0"));
-    assert_false(process_id_valid("0b7c8a1e-2f44-4c1a-9d3e-5a6b7c8d9e0f0"));
-    assert_false(process_id_valid("0b7c8a1e2f44-4c1a-9d3e-5a6b7c8d9e0f-"));
-    assert_false(process_id_valid("0b7c8a1g-2f44-4c1a-9d3e-5a6b7c8d9e0f"));
-    assert_false(process_id_valid("../../../../etc/passwd/aaaaaaaaaaaaaa"));
-    assert_false(process_id_valid("0b7c8a1e/2f44-4c1a-9d3e-5a6b7c8d9e0f"));
+    assert_true(gw_uuid_valid(VALID_ID));
+    assert_true(gw_uuid_valid("0B7C8A1E-2F44-4C1A-9D3E-5A6B7C8D9E0F"));
+    assert_false(gw_uuid_valid(NULL));
+    assert_false(gw_uuid_valid(""));
+    assert_false(gw_uuid_valid("0b7c8a1e-2f44-4c1a-9d3e-5a6b7c8d9e0"));
+    assert_false(gw_uuid_valid("0b7c8a1e-2f44-4c1a-9d3e-5a6b7c8d9e0f0"));
+    assert_false(gw_uuid_valid("0b7c8a1e2f44-4c1a-9d3e-5a6b7c8d9e0f-"));
+    assert_false(gw_uuid_valid("0b7c8a1g-2f44-4c1a-9d3e-5a6b7c8d9e0f"));
+    assert_false(gw_uuid_valid("../../../../etc/passwd/aaaaaaaaaaaaaa"));
+    assert_false(gw_uuid_valid("0b7c8a1e/2f44-4c1a-9d3e-5a6b7c8d9e0f"));
 }
 
 static void test_process_dns_label_valid(void **state)
@@ -660,7 +660,7 @@ int main(void)
         T(test_process_quantity_parse_memory),
         T(test_process_quantity_parse_rejects),
         T(test_process_quantity_parse_overflow),
-        T(test_process_id_valid),
+        T(test_gw_uuid_valid),
         T(test_process_dns_label_valid),
         T(test_process_hostname_from_name),
         T(test_process_config_parse_absent_is_default),

@@ -477,14 +477,9 @@ static void apply_observation(struct api *a, const char *id, void *arg)
     api_store_run(a, &store_sb_get_by_id, p, NULL, obs_read, op);
 }
 
-static bool valid_id(const char *id)
-{
-    return id != NULL && strlen(id) == 36;
-}
-
 static void observe_snapshot(struct api *a, const Openshell__Compute__V1__DriverSandbox *sb)
 {
-    if (sb == NULL || !valid_id(sb->id))
+    if (sb == NULL || !gw_uuid_valid(sb->id))
         return;
     struct api_gate *g = gate_find(a->compute, sb->id, true);
     free(g->snap);
@@ -498,7 +493,7 @@ static void observe_snapshot(struct api *a, const Openshell__Compute__V1__Driver
 
 static void observe_lost(struct api *a, const char *id, const char *reason)
 {
-    if (!valid_id(id))
+    if (!gw_uuid_valid(id))
         return;
     struct api_gate *g = gate_find(a->compute, id, true);
     g->lost = true;
@@ -516,7 +511,7 @@ static void observe_lost(struct api *a, const char *id, const char *reason)
 static void observe_platform_event(struct api *a,
                                    const Openshell__Compute__V1__WatchSandboxesPlatformEvent *pe)
 {
-    if (pe == NULL || pe->event == NULL || !valid_id(pe->sandbox_id))
+    if (pe == NULL || pe->event == NULL || !gw_uuid_valid(pe->sandbox_id))
         return;
     const Openshell__Compute__V1__DriverPlatformEvent *e = pe->event;
     json_t *meta = json_object();

@@ -476,19 +476,6 @@ static void watch_writable(struct grpc_call *call)
         (void)watch_resume(st);
 }
 
-static bool uuid_text(const char *s)
-{
-    if (strlen(s) != 36)
-        return false;
-    for (int i = 0; i < 36; i++) {
-        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? s[i] != '-' : !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f') ||
-                                   (s[i] >= 'A' && s[i] <= 'F')))
-            return false;
-    }
-    return true;
-}
-
 static void watch_sandbox(struct grpc_call *call, void *msg)
 {
     struct api *a = grpc_call_method_arg(call);
@@ -498,7 +485,7 @@ static void watch_sandbox(struct grpc_call *call, void *msg)
         grpc_call_finish(call, GRPC_STATUS_INVALID_ARGUMENT, "id is required");
         return;
     }
-    if (!uuid_text(req->id)) {
+    if (!gw_uuid_valid(req->id)) {
         grpc_call_finish(call, GRPC_STATUS_NOT_FOUND, "sandbox not found");
         return;
     }

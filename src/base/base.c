@@ -146,6 +146,20 @@ void gw_uuid4(char out[37])
     out[o] = '\0';
 }
 
+bool gw_uuid_valid(const char *s)
+{
+    if (s == NULL || strlen(s) != 36)
+        return false;
+    for (int i = 0; i < 36; i++) {
+        char c = s[i];
+        bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? c != '-'
+                 : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+            return false;
+    }
+    return true;
+}
+
 /* ---- logging ------------------------------------------------------------ */
 
 static const char *const level_names[] = {"error", "warn", "info", "debug", "trace"};

@@ -61,6 +61,8 @@ int64_t gw_clock_wall_ms(void);
 int gw_random_bytes(void *buf, size_t n) GW_MUSTCHECK;
 /* Writes a random (version 4) UUID as 36 characters plus NUL into |out|. */
 void gw_uuid4(char out[37]);
+/* True when |s| is UUID text: 8-4-4-4-12 hex digits (either case). */
+bool gw_uuid_valid(const char *s);
 
 /* ---- logging ---------------------------------------------------------- */
 

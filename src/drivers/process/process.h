@@ -104,8 +104,6 @@ int process_sandbox_check(const Openshell__Compute__V1__DriverSandbox *sb, bool 
                           struct process_options *opts, struct process_limits *lim, char *err,
                           size_t errlen) GW_MUSTCHECK;
 
-/* 8-4-4-4-12 hexadecimal digits: safe to use as a file name. */
-bool process_id_valid(const char *id);
 /* RFC 1123 label: 1..63 of [a-z0-9-], no leading or trailing '-'. */
 bool process_dns_label_valid(const char *s);
 /* Writes a host name for the sandbox |name| into |out| (64 bytes): the name

@@ -147,25 +147,6 @@ int process_quantity_parse(const char *s, bool milli, uint64_t *out)
 
 /* ---- names ------------------------------------------------------------------- */
 
-bool process_id_valid(const char *id)
-{
-    static const int groups[] = {8, 4, 4, 4, 12};
-    const char *p = id;
-
-    if (id == NULL || strlen(id) != 36)
-        return false;
-    for (size_t g = 0; g < GW_ARRAY_LEN(groups); g++) {
-        for (int i = 0; i < groups[g]; i++, p++) {
-            char c = *p;
-            if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-                return false;
-        }
-        if (g + 1 < GW_ARRAY_LEN(groups) && *p++ != '-')
-            return false;
-    }
-    return *p == '\0';
-}
-
 bool process_dns_label_valid(const char *s)
 {
     size_t n = s ? strlen(s) : 0;
@@ -536,7 +517,7 @@ int process_sandbox_check(const Openshell__Compute__V1__DriverSandbox *sb, bool 
         return fail(err, errlen, "sandbox", NULL, "required");
     if (sb->id[0] == '\0')
         return fail(err, errlen, "id", NULL, "required");
-    if (!process_id_valid(sb->id))
+    if (!gw_uuid_valid(sb->id))
         return fail(err, errlen, "id", NULL, "must be a UUID");
     if (sb->name[0] == '\0')
         return fail(err, errlen, "name", NULL, "required");

@@ -2273,7 +2273,7 @@ int process_sandboxes_load(struct process_driver *d)
     while ((e = readdir(dir)) != NULL) {
         if (e->d_name[0] == '.')
             continue;
-        if (!process_id_valid(e->d_name)) {
+        if (!gw_uuid_valid(e->d_name)) {
             log_warn("process.load_skipped", LF_STR("name", e->d_name),
                      LF_STR("reason", "not a sandbox id"));
             continue;
