@@ -269,54 +269,36 @@ static char *conditions_json(const Openshell__V1__SandboxStatus *st)
     return s != NULL ? s : gw_xstrdup("[]");
 }
 
-struct update_op {
-    store_cb cb;
-    void *arg;
-    char *params[9];
-    uint8_t *status_bytes;
-};
-
-static void update_done(const struct store_result *r, void *arg)
-{
-    struct update_op *u = arg;
-    u->cb(r, u->arg);
-    for (size_t i = 0; i < GW_ARRAY_LEN(u->params); i++)
-        free(u->params[i]);
-    free(u->status_bytes);
-    free(u);
-}
-
 void api_sb_write(struct api *a, const char *id, uint64_t expected_rv, int phase,
                   const Openshell__V1__SandboxStatus *status, int prev_phase, const char *actor,
                   const char *reason, store_cb cb, void *arg)
 {
-    struct update_op *u = gw_xcalloc(1, sizeof(*u));
     char rv[24];
-    const char *values[9];
-    int lens[9];
     size_t len = protobuf_c_message_get_packed_size(&status->base);
-
-    u->cb = cb;
-    u->arg = arg;
-    u->status_bytes = gw_xmalloc(len ? len : 1);
-    protobuf_c_message_pack(&status->base, u->status_bytes);
-    u->params[0] = gw_xstrdup(id);
-    u->params[1] = gw_xstrdup(api_u64(rv, expected_rv));
-    u->params[2] = gw_xstrdup(api_phase_name(phase));
-    u->params[4] = conditions_json(status);
-    u->params[5] = gw_xstrdup(phase != prev_phase ? "sandbox.phase_changed"
-                                                  : "sandbox.status_changed");
-    u->params[6] = gw_xstrdup(actor);
-    u->params[7] = gw_xstrdup(reason ? reason : "");
-    json_t *payload = json_pack("{s:s}", "agent_pod", status->agent_pod ? status->agent_pod : "");
-    u->params[8] = json_dumps(payload, JSON_COMPACT);
-    json_decref(payload);
+    uint8_t *bytes = gw_xmalloc(len ? len : 1);
+    protobuf_c_message_pack(&status->base, bytes);
+    char *conditions = conditions_json(status);
+    json_t *po = json_pack("{s:s}", "agent_pod", status->agent_pod ? status->agent_pod : "");
+    char *payload = json_dumps(po, JSON_COMPACT);
+    json_decref(po);
+    const char *values[9] = {
+        id,
+        api_u64(rv, expected_rv),
+        api_phase_name(phase),
+        (const char *)bytes,
+        conditions,
+        phase != prev_phase ? "sandbox.phase_changed" : "sandbox.status_changed",
+        actor,
+        reason ? reason : "",
+        payload ? payload : "{}",
+    };
     /* All text but the status (binary, length >= 0). */
-    for (size_t i = 0; i < 9; i++) {
-        values[i] = i == 3 ? (const char *)u->status_bytes : u->params[i];
-        lens[i] = i == 3 ? (int)len : -1;
-    }
-    api_store_run(a, &store_sb_update, values, lens, update_done, u);
+    int lens[9] = {-1, -1, -1, (int)len, -1, -1, -1, -1, -1};
+    api_store_run(a, &store_sb_update, values, lens, cb, arg);
+    /* The store copied the parameters. */
+    free(bytes);
+    free(conditions);
+    free(payload);
 }
 
 /* ---- applying observations ----------------------------------------------------- */
