@@ -37,7 +37,6 @@ struct lc_op {
     char *workspace;
     char *actor;
     bool gate_held;
-    bool detached; /* past the call-scoped queries (api_query) */
     uint32_t driver_timeout_ms;
     struct api_sb_row row; /* the record as read under the gate */
     uint64_t rv;           /* resource version after our last write */
@@ -159,17 +158,12 @@ static void lc_cancel(struct grpc_call *call)
 {
     struct api *a = grpc_call_method_arg(call);
     for (struct lc_op *op = a->lc_ops; op != NULL; op = op->next) {
-        if (op->call != call)
-            continue;
-        if (op->detached) {
+        if (op->call == call) {
             op->call = NULL; /* the op finishes what it started */
             return;
         }
-        /* Still resolving through api_query: that step dies with the call. */
-        api_query_cancel(call);
-        lc_free(op);
-        return;
     }
+    /* Not an op yet: still authorizing or resolving through api_query. */
     api_query_cancel(call);
 }
 
@@ -253,34 +247,38 @@ static void finish_not_found(struct grpc_call *call, void *arg)
     grpc_call_finish(call, GRPC_STATUS_NOT_FOUND, "sandbox not found");
 }
 
-/* Resolves (workspace, name) to an id, then enters the gate. */
+/* Delete, stop and start, until the record is resolved: call-scoped. */
+struct by_name {
+    enum lc_kind kind;
+    const char *name;
+    const char *workspace;
+};
+
+/* Resolves (workspace, name) to an id; from here on the op is its own. */
 static void resolved(struct grpc_call *call, const struct store_result *r, void *arg)
 {
-    struct lc_op *op = arg;
+    struct by_name *bn = arg;
     if (r->status != STORE_OK) {
         api_finish_store_error(call, r, "sandbox");
-        op->call = NULL;
-        lc_done(op);
         return;
     }
     if (store_ntuples(r) == 0) {
         /* The join hides a missing workspace: name it when that is why. */
-        op->call = NULL;
-        const char *ws = grpc_call_strdup(call, op->workspace);
-        lc_done(op);
-        api_workspace_check_exists(call, ws, finish_not_found, NULL);
+        api_workspace_check_exists(call, bn->workspace, finish_not_found, NULL);
         return;
     }
-    op->detached = true;
+    struct lc_op *op = lc_new(call, bn->kind);
+    op->name = gw_xstrdup(bn->name);
+    op->workspace = gw_xstrdup(bn->workspace);
     snprintf(op->id, sizeof(op->id), "%s", store_get(r, 0, STORE_SB_ID));
     api_gate_enter(op->a, op->id, on_gate, op);
 }
 
 static void by_name_authorized(struct grpc_call *call, void *arg)
 {
-    struct lc_op *op = arg;
-    const char *p[] = {op->workspace, op->name};
-    api_query(call, &store_sb_get_by_name, p, NULL, resolved, op);
+    struct by_name *bn = arg;
+    const char *p[] = {bn->workspace, bn->name};
+    api_query(call, &store_sb_get_by_name, p, NULL, resolved, bn);
 }
 
 /* Common start of delete/stop/start: name required, authorize, resolve. */
@@ -295,11 +293,11 @@ static void by_name_start(struct grpc_call *call, enum lc_kind kind, const char 
     }
     if (!driver_usable(call))
         return;
-    struct lc_op *op = lc_new(call, kind);
-    op->name = gw_xstrdup(name);
-    op->workspace = gw_xstrdup(api_workspace_name(workspace));
-    /* The op's workspace copy outlives the authorization step. */
-    api_workspace_authorize(call, op->workspace, API_WS_ROLE_USER, by_name_authorized, op);
+    struct by_name *bn = grpc_call_alloc(call, sizeof(*bn));
+    bn->kind = kind;
+    bn->name = name; /* the request lives in the call's arena */
+    bn->workspace = api_workspace_name(workspace);
+    api_workspace_authorize(call, bn->workspace, API_WS_ROLE_USER, by_name_authorized, bn);
 }
 
 /* Writes |phase| with the Ready condition (|cstatus|, |reason|, |message|)
@@ -786,7 +784,6 @@ static void create_ws_checked(struct grpc_call *call, const struct store_result 
     op->dsb_len = protobuf_c_message_get_packed_size(&dsb->base);
     op->dsb = gw_xmalloc(op->dsb_len ? op->dsb_len : 1);
     protobuf_c_message_pack(&dsb->base, op->dsb);
-    op->detached = true; /* the driver and the store from here on */
     op->labels_json = labels_json(req);
     op->annotations_json = annotations_json(req);
 
