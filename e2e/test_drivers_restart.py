@@ -143,3 +143,36 @@ def test_restart_with_vanished_sandbox(env):
     code, _ = api2.error("GetSandbox", name="lost")
     assert code == grpc.StatusCode.NOT_FOUND
     assert api2.ids() == [keep_id]
+
+
+def test_reconcile_deletes_only_owned_orphans(env):
+    """Platform objects without a record: the gateway deletes one that
+    carries its ownership label for its own id, and only reports one that
+    does not (an operator's, or another system's)."""
+    import uuid
+
+    drv, _state = env.process_driver(name="mydrv")
+    owned, foreign = str(uuid.uuid4()), str(uuid.uuid4())
+    with Compute(drv.socket) as c:
+        cpb = c.pb
+        for sid, labels in ((owned, {"openshell.io/sandbox-id": owned}),
+                            (foreign, {"team": "ops"})):
+            env.track(sid=sid)
+            sb = cpb.DriverSandbox(id=sid, name="n" + sid[:6], workspace="default")
+            sb.spec.command.extend(["/bin/sh", "-c", "sleep 600"])
+            sb.spec.template.image = "host"
+            sb.spec.template.labels.update(labels)
+            c.CreateSandbox(sandbox=sb)
+        assert c.list_ids() == sorted([owned, foreign])
+
+        gw = env.gateway("--drivers", "mydrv", "--compute-driver-socket", drv.socket)
+        wait_until(lambda: c.list_ids() == [foreign], WAIT, interval=0.1,
+                   what="the owned orphan deleted by the gateway's reconciliation")
+    api = env.api(gw)
+    assert api.ids() == [], "reconciliation must not invent records"
+    reported = [e for e in gw.events("compute.unowned_sandbox") if e.get("sandbox_id") == foreign]
+    assert reported, "the foreign object was not reported"
+    deleted = [e for e in gw.events("compute.orphan") if e.get("sandbox_id") == owned]
+    assert deleted, "the owned orphan's deletion was not logged"
+    with Compute(drv.socket) as c:
+        c.DeleteSandbox(sandbox_id=foreign)  # the operator's to remove
