@@ -573,6 +573,21 @@ static void test_process_sandbox_check_image_and_command(void **state)
     sbx_init(&x);
     x.tpl.image = (char *)"ubuntu:24.04";
     expect_sb_error(&x, PROCESS_ERR_INVALID, "template.image: ");
+    /* Caller text quoted in a message never breaks it into lines (found
+     * by fuzz_sandbox_spec). */
+    x.tpl.image = (char *)"a\nb\r\x1b";
+    {
+        struct process_options o;
+        struct process_limits l;
+        char err[ERRLEN] = "";
+        assert_int_equal(check(&x, &o, &l, err), PROCESS_ERR_INVALID);
+        assert_non_null(strstr(err, "got \"a?b??\""));
+    }
+    sbx_init(&x);
+    x.env[0].key = (char *)"A\nB";
+    x.spec.environment = x.envp;
+    x.spec.n_environment = 1;
+    expect_sb_error(&x, PROCESS_ERR_INVALID, "environment[A?B]: invalid variable name");
     sbx_init(&x);
     x.cmd[0] = (char *)"";
     expect_sb_error(&x, PROCESS_ERR_INVALID, "command[0]: ");

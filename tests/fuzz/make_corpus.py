@@ -5,6 +5,8 @@
                                sizes, then length-prefixed messages
   tests/fuzz/corpus/request/   inputs for fuzz_request: raw HTTP/2 frames sent
                                after the client preface and an empty SETTINGS
+  tests/fuzz/corpus/sandbox_spec/  inputs for fuzz_sandbox_spec: encoded
+                               openshell.v1.CreateSandboxRequest messages
 
 Protobuf messages and HPACK header blocks are encoded by hand: HPACK uses
 only "literal header field without indexing, new name" (RFC 7541 §6.2.2)
@@ -197,6 +199,89 @@ def deframe_corpus():
     }
 
 
+# ---- CreateSandboxRequest (openshell.v1; field numbers from the contract) ------
+
+
+def pb_double(field, x):
+    return varint(field << 3 | 1) + struct.pack("<d", x)
+
+
+def value_struct(fields):
+    """google.protobuf.Value holding a Struct (kind field 5)."""
+    return pb_bytes(5, struct_msg(fields))
+
+
+def struct_msg(fields):
+    """google.protobuf.Struct: map<string, Value> fields = 1; values are
+    str (string_value 3), float (number_value 2), bool (bool_value 4),
+    dict (struct_value 5) or list (list_value 6)."""
+    out = b""
+    for k, v in fields.items():
+        out += pb_bytes(1, pb_bytes(1, k) + pb_bytes(2, value(v)))
+    return out
+
+
+def value(v):
+    if isinstance(v, bool):
+        return pb_varint(4, 1 if v else 0)
+    if isinstance(v, (int, float)):
+        return pb_double(2, float(v))
+    if isinstance(v, str):
+        return pb_bytes(3, v)
+    if isinstance(v, dict):
+        return pb_bytes(5, struct_msg(v))
+    if isinstance(v, list):
+        return pb_bytes(6, b"".join(pb_bytes(1, value(x)) for x in v))
+    return pb_varint(1, 0)  # null_value
+
+
+def sandbox_request(command=(), name="", tty=False, env=None, image="", labels=None,
+                    resources=None, driver_config=None, annotations=None, gpu=None):
+    tmpl = pb_bytes(1, image) if image else b""
+    for k, v in (labels or {}).items():
+        tmpl += pb_map_entry(4, k, v)
+    if resources is not None:
+        tmpl += pb_bytes(7, struct_msg(resources))
+    if driver_config is not None:
+        tmpl += pb_bytes(11, struct_msg(driver_config))
+    spec = b"".join(pb_bytes(12, a) for a in command)
+    if tty:
+        spec += pb_varint(13, 1)
+    for k, v in (env or {}).items():
+        spec += pb_map_entry(5, k, v)
+    if tmpl:
+        spec += pb_bytes(6, tmpl)
+    if gpu is not None:
+        spec += pb_bytes(9, pb_bytes(1, pb_varint(1, gpu)))
+    req = pb_bytes(1, spec) + (pb_bytes(2, name) if name else b"")
+    for k, v in (annotations or {}).items():
+        req += pb_map_entry(4, k, v)
+    return req
+
+
+def sandbox_spec_corpus():
+    sh = ["/bin/sh", "-c", "sleep 600"]
+    return {
+        "minimal": sandbox_request(sh),
+        "default_command": sandbox_request(),
+        "named_env_labels": sandbox_request(sh, name="web-1", tty=True,
+                                            env={"A": "1", "PATH_X": "/x"},
+                                            labels={"app": "web"},
+                                            annotations={"example.com/owner": "ops"}),
+        "driver_config": sandbox_request(sh, driver_config={
+            "process": {"network": "isolated", "hostname": "box", "tmp_size": "64Mi",
+                        "pids_limit": 128, "stop_grace_seconds": 5},
+            "kubernetes": {"nodeSelector": {"a": "b"}}}),
+        "driver_config_bad": sandbox_request(sh, driver_config={"process": {"bogus": [1, True]}}),
+        "driver_config_not_object": sandbox_request(sh, driver_config={"process": "x"}),
+        "resources": sandbox_request(sh, image="host", resources={
+            "requests": {"cpu": "500m", "memory": "256Mi"},
+            "limits": {"cpu": "2", "memory": "1Gi", "nvidia.com/gpu": "1"}}),
+        "gpu_zero": sandbox_request(sh, gpu=0),
+        "reserved_env": sandbox_request(sh, env={"OPENSHELL_X": "1"}),
+    }
+
+
 def write(dirname, files):
     path = os.path.join(HERE, "corpus", dirname)
     os.makedirs(path, exist_ok=True)
@@ -208,6 +293,7 @@ def write(dirname, files):
 def main():
     write("request", request_corpus())
     write("deframe", deframe_corpus())
+    write("sandbox_spec", sandbox_spec_corpus())
 
 
 if __name__ == "__main__":

@@ -220,7 +220,9 @@ static const char *kind_name(const Google__Protobuf__Value *v)
 static int fail(char *err, size_t errlen, const char *path, const char *key, const char *fmt, ...)
     GW_PRINTF(5, 6);
 
-/* Formats "<path><key>: <message>" (key cut to a sane length). */
+/* Formats "<path><key>: <message>" (key cut to a sane length). Caller
+ * text quoted in it (keys, images, values) may hold control characters:
+ * they become '?', so the status message stays one printable line. */
 static int fail(char *err, size_t errlen, const char *path, const char *key, const char *fmt, ...)
 {
     va_list ap;
@@ -231,6 +233,9 @@ static int fail(char *err, size_t errlen, const char *path, const char *key, con
         vsnprintf(err + n, errlen - (size_t)n, fmt, ap);
         va_end(ap);
     }
+    for (char *p = err; *p != '\0'; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f)
+            *p = '?';
     return PROCESS_ERR_INVALID;
 }
 
@@ -398,8 +403,9 @@ static int check_env(const char *path, size_t n, char *const *keys, char *const 
         if (k[0] == '\0')
             return fail(err, errlen, path, NULL, "a variable name must not be empty");
         if (strlen(k) > MAX_ENV_KEY || strchr(k, '=') != NULL || has_control_chars(k)) {
-            snprintf(err, errlen, "%s[%.64s]: invalid variable name", path, k);
-            return PROCESS_ERR_INVALID;
+            char name[80];
+            snprintf(name, sizeof(name), "[%.60s]", k); /* fits MAX_KEY_IN_ERROR */
+            return fail(err, errlen, path, name, "invalid variable name");
         }
         total += strlen(k) + strlen(values[i]) + 2;
     }
