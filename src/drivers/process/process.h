@@ -10,8 +10,13 @@
  *   process_config.c   pure parsing and validation (quantities, the
  *                      driver_config Struct, a whole DriverSandbox); unit
  *                      tested on its own (tests/test_process_config.c)
- *   process_sandbox.c  sandbox objects: state directory, lifecycle, the
- *                      child's namespace setup, cgroups
+ *   process_sandbox.c  sandbox objects: state directory, persistence,
+ *                      lifecycle, conditions and events
+ *   process_cgroup.c   cgroups: discovery at startup, busy removals
+ *                      retried from a timer, one sandbox's limits and
+ *                      OOM detection
+ *   process_child.c    the child plan (built in the parent) and the
+ *                      namespace setup between clone() and exec()
  *   process_service.c  the gRPC methods and WatchSandboxes fan-out
  *   main.c             flags, startup, signals, shutdown
  *
@@ -28,6 +33,7 @@
 #include "base/base.h"
 #include "compute_driver.pb-c.h"
 #include "google/protobuf/struct.pb-c.h"
+#include "reactor/reactor.h"
 
 struct reactor;
 struct reactor_child;
@@ -160,12 +166,6 @@ void process_waiter_unlink(struct process_waiter *w);
 
 /* ---- sandboxes (process_sandbox.c) ---------------------------------------- */
 
-/* Probes cgroup hierarchies (v2 and v1) for memory, cpu and pids and
- * creates the driver's parent cgroups. Never fails: missing controllers
- * are logged and limits fall back to setrlimit() or are not enforced. */
-void process_cgroups_probe(struct process_driver *d);
-void process_cgroups_free(struct process_driver *d);
-
 /* Loads <state>/sandboxes/<id>/ directories and starts those whose desired
  * state is "running"; finishes interrupted deletions; empties the trash.
  * Returns 0, or -1 when the state directory is unusable. */
@@ -220,6 +220,132 @@ struct process_snapshot {
 };
 
 void process_sandbox_snapshot(const struct process_sandbox *sb, struct process_snapshot *out);
+
+/* ---- inside the sandbox module --------------------------------------------------
+ *
+ * Shared by process_sandbox.c, process_cgroup.c and process_child.c only;
+ * process_service.c and main.c use the functions above and never look
+ * into a struct process_sandbox. */
+
+#define SB_DIR_WORK    "workdir" /* <sandbox dir>/workdir, bound on /sandbox */
+#define IN_SANDBOX_DIR "/run/openshell"
+#define IN_SANDBOX_JWT "/run/openshell/sandbox.jwt"
+#define IN_SANDBOX_SUP "/run/openshell/openshell-supervisor"
+
+enum cg_ctrl { CG_MEMORY, CG_CPU, CG_PIDS, CG_NCTRL };
+
+/* One sandbox's cgroups for the current run. */
+struct sb_cgroup {
+    char *dirs[1 + CG_NCTRL]; /* created directories */
+    size_t n_dirs;
+    char *mem_dir; /* where memory (and OOM kills) are accounted */
+    bool mem_v2;
+    bool has[CG_NCTRL];
+    uint64_t oom_base; /* oom_kill count when the run started */
+    int oom_efd;       /* v1: eventfd signalled on OOM, else -1 */
+    struct event *oom_ev;
+    struct reactor_timer *oom_timer; /* re-reads oom_kill after an OOM event */
+    int oom_checks;
+};
+
+enum sb_state {
+    SB_STOPPED,  /* no process; desired stopped (or shutdown) */
+    SB_STARTING, /* cloned; setup not confirmed yet */
+    SB_RUNNING,  /* the supervisor was executed */
+    SB_EXITED,   /* ended on its own or failed to start: see the Ready condition */
+};
+
+struct sb_cond {
+    const char *status; /* "True" / "False" */
+    char reason[32];
+    char *message;
+    char ltt[40]; /* RFC 3339, changed when status or reason changes */
+};
+
+struct process_sandbox {
+    struct process_driver *d;
+    struct process_sandbox *prev, *next;
+    char id[37];
+    char *dir;
+    Openshell__Compute__V1__DriverSandbox *stored; /* as received, token stripped */
+    char *token;                                   /* NULL when none */
+    struct process_options opts;
+    struct process_limits lim;
+    char hostname[64];
+    char *invalid; /* the stored sandbox no longer validates: why */
+    enum sb_state state;
+    bool want_running; /* desired state, as persisted */
+    bool stopping;     /* we asked the process to go away */
+    bool deleting;
+    bool oom_killed;
+    char instance_id[37];
+    struct reactor_child *child; /* non-NULL while a process exists */
+    pid_t pid;
+    int report_fd;
+    struct event *report_ev;
+    bool setup_failed;
+    struct reactor_spawn_failure failure;
+    struct reactor_timer *kill_timer;
+    struct sb_cgroup cg;
+    struct sb_cond ready, suspended;
+    struct process_waiter *stop_waiters, *delete_waiters;
+};
+
+/* Writes all |n| bytes of |p| to |fd|, retrying on EINTR. Returns 0 or -1
+ * (errno). */
+int process_write_all(int fd, const void *p, size_t n);
+/* Reads a whole small file. Caller owns |*out| (NUL-terminated), free with
+ * free(). Returns the length, or -1 (errno; EFBIG above |max|). */
+ssize_t process_read_file(const char *path, size_t max, char **out) GW_MUSTCHECK;
+
+/* ---- cgroups (process_cgroup.c) -------------------------------------------------- */
+
+/* Probes cgroup hierarchies (v2 and v1) for memory, cpu and pids and
+ * creates the driver's parent cgroups. Never fails: missing controllers
+ * are logged and limits fall back to setrlimit() or are not enforced. */
+void process_cgroups_probe(struct process_driver *d);
+/* Last try at removals still pending, then removes the driver's parent
+ * cgroups and frees d->cg (after the loop is gone). */
+void process_cgroups_free(struct process_driver *d);
+/* Frees d->cg_retry, the timer that retries busy removals (before the
+ * loop is freed; removals still pending are left to process_cgroups_free). */
+void process_cgroups_retry_free(struct process_driver *d);
+
+/* Creates |sb|'s cgroups for a run (in sb->cg) and writes the limits of
+ * sb->lim and sb->opts; on cgroup v1 it also starts watching for OOM kills,
+ * which end the whole sandbox. Returns 0, or -1 with |err| set. The caller
+ * calls process_cgroup_release() after the run, or at once on failure
+ * (for the directories already created). */
+int process_cgroup_prepare(struct process_sandbox *sb, char *err, size_t errlen) GW_MUSTCHECK;
+/* Whether the kernel counted an OOM kill in the run's memory cgroup since
+ * process_cgroup_prepare() (false without a memory cgroup). */
+bool process_cgroup_oom_killed(const struct process_sandbox *sb);
+/* After the run: stops the OOM watch and removes the directories; busy
+ * ones are retried from d->cg_retry. Leaves sb->cg empty; safe to repeat. */
+void process_cgroup_release(struct process_sandbox *sb);
+
+/* ---- the child (process_child.c) ------------------------------------------------- */
+
+struct child_plan;
+
+/* Builds in the parent everything the child needs for |sb| (the entries of
+ * the root to bind, paths to hide, sb->cg's cgroup.procs files, limits
+ * without a cgroup, the token), so that the child only makes system calls.
+ * Caller owns the plan, free with process_child_plan_free(); NULL with
+ * |err| set when the root cannot be read. The plan borrows sb's strings:
+ * free it before |sb| changes. */
+struct child_plan *process_child_plan_build(struct process_sandbox *sb, char *err, size_t errlen);
+/* Both ends of the report pipe: the child closes |rd| and passes |wr| on to
+ * the supervisor as its ready pipe. */
+void process_child_plan_set_report(struct child_plan *p, int rd, int wr);
+/* NULL allowed. */
+void process_child_plan_free(struct child_plan *p);
+
+/* reactor_spawn()'s pre_exec hook, |arg| a struct child_plan: runs in the
+ * child between clone() and exec() and is async-signal-safe (system calls
+ * only, no malloc, no stdio). Returns 0, or -1 with errno set and |*step|
+ * naming the failed step (static storage). */
+int process_child_setup(void *arg, const char **step);
 
 /* ---- service (process_service.c) ------------------------------------------ */
 
