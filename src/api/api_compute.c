@@ -20,9 +20,9 @@
 #include "openshell.pb-c.h"
 #include "store/store.h"
 
-#define GATE_BUCKETS      256
-#define SWEEP_INTERVAL_S  60
-#define ACTOR_DRIVER      "driver"
+#define GATE_BUCKETS     256
+#define SWEEP_INTERVAL_S 60
+#define ACTOR_DRIVER     "driver"
 
 struct gate_job {
     api_gate_fn fn;
@@ -43,7 +43,7 @@ struct api_gate {
     struct gate_job *head, *tail;
     uint8_t *snap; /* latest unapplied watch snapshot (packed DriverSandbox) */
     size_t snap_len;
-    bool lost;     /* the driver said it is gone (deleted event / missing from List) */
+    bool lost; /* the driver said it is gone (deleted event / missing from List) */
     const char *lost_reason;
     struct pending_pev *pev_head, *pev_tail; /* platform events, oldest first */
     uint64_t last_watch_us;
@@ -83,9 +83,8 @@ static void run_failed_query(evutil_socket_t fd, short what, void *arg)
 void api_store_run(struct api *a, const struct store_stmt *stmt, const char *const *values,
                    const int *lengths, store_cb cb, void *arg)
 {
-    int rv = a->opts.store != NULL
-                 ? store_query(a->opts.store, stmt, values, lengths, cb, arg)
-                 : STORE_ERR_UNAVAILABLE;
+    int rv = a->opts.store != NULL ? store_query(a->opts.store, stmt, values, lengths, cb, arg)
+                                   : STORE_ERR_UNAVAILABLE;
     if (rv == 0)
         return;
     struct failed_query *f = gw_xmalloc(sizeof(*f));
@@ -260,9 +259,8 @@ static char *conditions_json(const Openshell__V1__SandboxStatus *st)
     for (size_t i = 0; st != NULL && i < st->n_conditions; i++) {
         const Openshell__V1__SandboxCondition *c = st->conditions[i];
         json_array_append_new(arr, json_pack("{s:s,s:s,s:s,s:s,s:s}", "type", c->type, "status",
-                                             c->status, "reason", c->reason, "message",
-                                             c->message, "last_transition_time",
-                                             c->last_transition_time));
+                                             c->status, "reason", c->reason, "message", c->message,
+                                             "last_transition_time", c->last_transition_time));
     }
     char *s = json_dumps(arr, JSON_COMPACT);
     json_decref(arr);
@@ -307,7 +305,7 @@ struct obs_op {
     struct api *a;
     char id[40];
     Openshell__Compute__V1__DriverSandbox *snap; /* NULL: apply "lost" */
-    struct pending_pev *pev; /* a platform event to write */
+    struct pending_pev *pev;                     /* a platform event to write */
     bool lost;
     char reason[64];
     int new_phase;
@@ -523,8 +521,7 @@ static void observe_platform_event(struct api *a,
 
 static void reconcile_start(struct api *a);
 
-static void orphan_deleted(int status, const char *message, const ProtobufCMessage *resp,
-                           void *arg)
+static void orphan_deleted(int status, const char *message, const ProtobufCMessage *resp, void *arg)
 {
     char *id = arg;
     if (status == GRPC_STATUS_OK)
@@ -623,8 +620,9 @@ static void reconcile_rows(const struct store_result *r, void *arg)
                           gw_xstrdup(sb->id));
     }
     free(matched);
-    log_info("compute.reconciled", LF_UINT("records", n), LF_UINT("driver_sandboxes", ls->n_sandboxes),
-             LF_UINT("applied", applied), LF_UINT("lost", lost), LF_UINT("orphans", orphans));
+    log_info("compute.reconciled", LF_UINT("records", n),
+             LF_UINT("driver_sandboxes", ls->n_sandboxes), LF_UINT("applied", applied),
+             LF_UINT("lost", lost), LF_UINT("orphans", orphans));
     reconcile_end(a);
 }
 
@@ -678,8 +676,7 @@ static void on_sweep(evutil_socket_t fd, short what, void *arg)
 
 /* ---- driver callbacks (wired by the gateway) ----------------------------------- */
 
-void api_compute_on_driver_state(struct driver *d, enum driver_state st, const char *why,
-                                 void *arg)
+void api_compute_on_driver_state(struct driver *d, enum driver_state st, const char *why, void *arg)
 {
     struct api *a = arg;
     if (st == DRIVER_READY) {

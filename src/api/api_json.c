@@ -225,9 +225,8 @@ static json_t *message_json(const ProtobufCMessage *m)
         if (f->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
             if (*(const uint32_t *)(base + f->quantifier_offset) != f->id)
                 continue;
-        } else if (f->label == PROTOBUF_C_LABEL_OPTIONAL &&
-                   f->type != PROTOBUF_C_TYPE_MESSAGE && f->type != PROTOBUF_C_TYPE_STRING &&
-                   f->quantifier_offset != 0) {
+        } else if (f->label == PROTOBUF_C_LABEL_OPTIONAL && f->type != PROTOBUF_C_TYPE_MESSAGE &&
+                   f->type != PROTOBUF_C_TYPE_STRING && f->quantifier_offset != 0) {
             if (!*(const protobuf_c_boolean *)(base + f->quantifier_offset))
                 continue;
         } else if (is_default(f, p)) {

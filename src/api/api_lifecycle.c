@@ -21,9 +21,9 @@
 #include "openshell.pb-c.h"
 #include "store/store.h"
 
-#define ERRLEN              512
-#define DRIVER_CALL_MAX_MS  30000
-#define PHASE(x)            OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_##x
+#define ERRLEN             512
+#define DRIVER_CALL_MAX_MS 30000
+#define PHASE(x)           OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_##x
 
 enum lc_kind { LC_CREATE, LC_DELETE, LC_STOP, LC_START };
 
@@ -172,7 +172,8 @@ static bool driver_usable(struct grpc_call *call)
     struct api *a = grpc_call_method_arg(call);
     if (a->driver != NULL && driver_state(a->driver) == DRIVER_READY)
         return true;
-    grpc_call_finishf(call, GRPC_STATUS_UNAVAILABLE, "compute driver '%s' is not connected; retry later",
+    grpc_call_finishf(call, GRPC_STATUS_UNAVAILABLE,
+                      "compute driver '%s' is not connected; retry later",
                       a->driver != NULL ? driver_name(a->driver) : "none");
     return false;
 }
@@ -706,10 +707,18 @@ static void create_locked(struct api *a, const char *id, void *arg)
     size_t st_len = protobuf_c_message_get_packed_size(&st.base);
     uint8_t *st_bytes = gw_xmalloc(st_len ? st_len : 1);
     protobuf_c_message_pack(&st.base, st_bytes);
-    const char *p[12] = {op->id,          op->workspace,        op->name,
-                         op->actor,       op->actor,            op->labels_json,
-                         op->annotations_json, (const char *)op->spec, op->spec_json,
-                         driver_name(a->driver), "PROVISIONING", (const char *)st_bytes};
+    const char *p[12] = {op->id,
+                         op->workspace,
+                         op->name,
+                         op->actor,
+                         op->actor,
+                         op->labels_json,
+                         op->annotations_json,
+                         (const char *)op->spec,
+                         op->spec_json,
+                         driver_name(a->driver),
+                         "PROVISIONING",
+                         (const char *)st_bytes};
     int lens[12] = {-1, -1, -1, -1, -1, -1, -1, (int)op->spec_len, -1, -1, -1, (int)st_len};
     api_store_run(a, &store_sb_create, p, lens, create_persisted, op);
     free(st_bytes); /* the store copied the parameters */
@@ -853,8 +862,8 @@ const struct grpc_method api_lifecycle_methods[] = {
      &openshell__v1__delete_sandbox_request__descriptor,
      &openshell__v1__delete_sandbox_response__descriptor, &delete_h, NULL, API_AUTH_BEARER},
     {"/openshell.v1.OpenShell/StopSandbox", GRPC_UNARY,
-     &openshell__v1__stop_sandbox_request__descriptor,
-     &openshell__v1__sandbox_response__descriptor, &stop_h, NULL, API_AUTH_BEARER},
+     &openshell__v1__stop_sandbox_request__descriptor, &openshell__v1__sandbox_response__descriptor,
+     &stop_h, NULL, API_AUTH_BEARER},
     {"/openshell.v1.OpenShell/StartSandbox", GRPC_UNARY,
      &openshell__v1__start_sandbox_request__descriptor,
      &openshell__v1__sandbox_response__descriptor, &start_h, NULL, API_AUTH_BEARER},

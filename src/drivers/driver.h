@@ -54,10 +54,10 @@ struct driver_plan {
     char *socket_path; /* Unix socket to dial */
     bool managed;
     /* managed only */
-    char *program;     /* driver program */
-    char *state_dir;   /* the driver's own state directory */
-    char *supervisor;  /* NULL: the driver's default */
-    char *rootfs;      /* NULL: host / */
+    char *program;    /* driver program */
+    char *state_dir;  /* the driver's own state directory */
+    char *supervisor; /* NULL: the driver's default */
+    char *rootfs;     /* NULL: host / */
     bool allow_host_network;
 };
 
@@ -83,10 +83,10 @@ enum driver_state {
 struct driver_opts {
     const struct driver_plan *plan; /* copied */
     struct reactor *reactor;
-    uint32_t connect_timeout_ms;  /* startup budget (first READY), 0 = 30000 */
-    uint32_t call_timeout_ms;     /* default deadline of unary calls, 0 = 30000 */
-    bool allow_name_mismatch;     /* advertised name may differ from the configured one */
-    const char *gateway_endpoint; /* handed to a managed driver (may be NULL) */
+    uint32_t connect_timeout_ms;   /* startup budget (first READY), 0 = 30000 */
+    uint32_t call_timeout_ms;      /* default deadline of unary calls, 0 = 30000 */
+    bool allow_name_mismatch;      /* advertised name may differ from the configured one */
+    const char *gateway_endpoint;  /* handed to a managed driver (may be NULL) */
     const char *const *extra_args; /* appended to a managed driver's argv (NULL-terminated) */
 
     /* State changes. READY runs after every (re)connect once

@@ -204,8 +204,9 @@ static void watch_on_done(struct grpc_ccall *cc, int status, const char *message
     d->watch = NULL;
     if (d->stopping || d->ch == NULL || d->state != DRIVER_READY)
         return;
-    log_warn("driver.watch_ended", LF_STR("name", d->plan.name), LF_STR("status", grpc_status_name(status)),
-             LF_STR("message", message ? message : ""), LF_UINT("reopen_in_ms", WATCH_REOPEN_MS));
+    log_warn("driver.watch_ended", LF_STR("name", d->plan.name),
+             LF_STR("status", grpc_status_name(status)), LF_STR("message", message ? message : ""),
+             LF_UINT("reopen_in_ms", WATCH_REOPEN_MS));
     reactor_timer_arm(d->watch_timer, WATCH_REOPEN_MS);
 }
 
@@ -296,7 +297,8 @@ static void on_channel_close(struct grpc_channel *ch, void *arg)
         d->ch = NULL;
         snprintf(d->last_error, sizeof(d->last_error), "connection closed");
         if (d->state == DRIVER_READY) {
-            log_warn("driver.down", LF_STR("name", d->plan.name), LF_STR("reason", "connection closed"));
+            log_warn("driver.down", LF_STR("name", d->plan.name),
+                     LF_STR("reason", "connection closed"));
             set_state(d, DRIVER_CONNECTING, "connection closed");
         }
         schedule_retry(d);
@@ -311,13 +313,16 @@ static void on_listener_reqs(int status, const char *message, const ProtobufCMes
     if (d->stopping || d->ch == NULL)
         return;
     if (status == GRPC_STATUS_OK) {
-        const Openshell__Compute__V1__GetGatewayListenerRequirementsResponse *r = (const void *)resp;
+        const Openshell__Compute__V1__GetGatewayListenerRequirementsResponse *r =
+            (const void *)resp;
         for (size_t i = 0; i < r->n_requirements; i++)
-            log_warn("driver.listener_requirement_ignored", LF_STR("name", d->plan.name),
-                     LF_STR("reason", r->requirements[i]->reason ? r->requirements[i]->reason : ""));
+            log_warn(
+                "driver.listener_requirement_ignored", LF_STR("name", d->plan.name),
+                LF_STR("reason", r->requirements[i]->reason ? r->requirements[i]->reason : ""));
     } else if (status != GRPC_STATUS_UNIMPLEMENTED) {
         log_warn("driver.listener_requirements_failed", LF_STR("name", d->plan.name),
-                 LF_STR("status", grpc_status_name(status)), LF_STR("message", message ? message : ""));
+                 LF_STR("status", grpc_status_name(status)),
+                 LF_STR("message", message ? message : ""));
     }
 }
 
@@ -415,8 +420,8 @@ static void on_connected(struct bufferevent *bev, const struct reactor_peer *pee
     }
     Openshell__Compute__V1__GetCapabilitiesRequest req =
         OPENSHELL__COMPUTE__V1__GET_CAPABILITIES_REQUEST__INIT;
-    d->handshake = driver_call(d, DRIVER_GET_CAPABILITIES, &req.base, HANDSHAKE_TIMEOUT,
-                               on_capabilities, d);
+    d->handshake =
+        driver_call(d, DRIVER_GET_CAPABILITIES, &req.base, HANDSHAKE_TIMEOUT, on_capabilities, d);
 }
 
 static void try_connect(struct driver *d)

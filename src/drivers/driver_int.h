@@ -12,8 +12,7 @@ struct driver_guard;
  * process ended (the endpoint is gone until the next start). |extra_args|
  * (NULL-terminated, may be NULL) are appended to the driver's arguments. */
 struct driver_guard *driver_guard_new(struct reactor *r, const struct driver_plan *plan,
-                                      const char *gateway_endpoint,
-                                      const char *const *extra_args,
+                                      const char *gateway_endpoint, const char *const *extra_args,
                                       void (*on_exit)(void *arg, const char *why), void *arg);
 /* SIGTERM, SIGKILL after |grace_ms|, socket file removed, then |done| from
  * the loop; |g| is freed after |done| returns. */

@@ -92,8 +92,8 @@ static void on_child_exit(struct reactor_child *c, pid_t pid, int status, void *
     uint64_t ran_ms = (gw_now_mono_us() - g->started_us) / 1000;
     if (ran_ms >= STABLE_AFTER_MS)
         g->backoff_ms = BACKOFF_FIRST_MS;
-    log_error("driver.exited", LF_STR("name", g->plan.name), LF_INT("pid", pid),
-              LF_STR("how", why), LF_UINT("ran_ms", ran_ms), LF_UINT("restart_in_ms", g->backoff_ms));
+    log_error("driver.exited", LF_STR("name", g->plan.name), LF_INT("pid", pid), LF_STR("how", why),
+              LF_UINT("ran_ms", ran_ms), LF_UINT("restart_in_ms", g->backoff_ms));
     g->on_exit(g->arg, why);
     reactor_timer_arm(g->respawn, g->backoff_ms);
     g->backoff_ms = g->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : g->backoff_ms * 2;
@@ -172,8 +172,7 @@ static void guard_spawn(struct driver_guard *g)
 }
 
 struct driver_guard *driver_guard_new(struct reactor *r, const struct driver_plan *plan,
-                                      const char *gateway_endpoint,
-                                      const char *const *extra_args,
+                                      const char *gateway_endpoint, const char *const *extra_args,
                                       void (*on_exit)(void *arg, const char *why), void *arg)
 {
     struct driver_guard *g = gw_xcalloc(1, sizeof(*g));
