@@ -194,9 +194,11 @@ class FakeDriver:
 
     def GetCapabilities(self, request, context):
         self.rec.record("GetCapabilities", request, context)
-        return self.pb.GetCapabilitiesResponse(driver_name=self.args.name,
-                                               driver_version=self.args.version,
-                                               default_image=self.args.default_image)
+        return self.pb.GetCapabilitiesResponse(
+            gateway_manages_lifecycle=self.args.manages_lifecycle,
+            driver_name=self.args.name,
+            driver_version=self.args.version,
+            default_image=self.args.default_image)
 
     def GetGatewayListenerRequirements(self, request, context):
         self.rec.record("GetGatewayListenerRequirements", request, context)
@@ -345,6 +347,8 @@ def parse_args(argv):
     p.add_argument("--fail-create", default=None, metavar="CODE",
                    help="gRPC status code name, e.g. INTERNAL or FAILED_PRECONDITION")
     p.add_argument("--crash-on-create", action="store_true")
+    p.add_argument("--manages-lifecycle", action="store_true",
+                   help="advertise gateway_manages_lifecycle (Docker/Podman/VM style)")
     p.add_argument("--stubs-dir", default=None)
     p.add_argument("--workers", type=int, default=64)
     args = p.parse_args(argv)

@@ -176,3 +176,48 @@ def test_reconcile_deletes_only_owned_orphans(env):
     assert deleted, "the owned orphan's deletion was not logged"
     with Compute(drv.socket) as c:
         c.DeleteSandbox(sandbox_id=foreign)  # the operator's to remove
+
+
+def test_gateway_managed_lifecycle_restart(env):
+    """A driver advertising gateway_manages_lifecycle (Docker/Podman/VM
+    style) leaves restarts to the gateway: a graceful shutdown stops the
+    running sandboxes (their records keep meaning to run), and the next
+    gateway starts exactly those again; an explicitly stopped one stays
+    stopped."""
+    from drivers_util import records_of
+
+    pb = env.pb
+    drv = env.fake_driver(name="mydrv", extra=["--manages-lifecycle"])
+    args = ("--drivers", "mydrv", "--compute-driver-socket", drv.socket)
+    gw1 = env.gateway(*args, name="gw-a")
+    api1 = env.api(gw1)
+    cmd = pb.SandboxSpec(command=["/bin/sh", "-c", "sleep 600"])
+    run = api1.CreateSandbox(name="run", spec=cmd).sandbox.metadata.id
+    held = api1.CreateSandbox(name="held", spec=cmd).sandbox.metadata.id
+    wait_until(lambda: backend_running(api1.GetSandbox(name="run").sandbox), WAIT,
+               interval=0.05, what="run: backend running")
+    assert api1.StopSandbox(name="held").sandbox.status.phase == \
+        pb.SandboxPhase.Value("SANDBOX_PHASE_STOPPED")
+
+    def stops():
+        return [r["request"].get("sandbox_id") for r in records_of(drv.record, "StopSandbox")]
+
+    assert stops() == [held]
+    gw1.stop()
+    assert stops() == [held, run], "the shutdown must stop exactly the running sandbox"
+
+    gw2 = env.gateway(*args, name="gw-b")
+    api2 = env.api(gw2)
+
+    def starts():
+        return [r["request"].get("sandbox_id") for r in records_of(drv.record, "StartSandbox")]
+
+    wait_until(lambda: starts() == [run], WAIT, interval=0.05,
+               what="the next gateway starts the running sandbox again")
+    wait_until(lambda: backend_running(api2.GetSandbox(name="run").sandbox), WAIT,
+               interval=0.05, what="run: backend running after the restart")
+    assert api2.GetSandbox(name="run").sandbox.status.phase == \
+        pb.SandboxPhase.Value("SANDBOX_PHASE_PROVISIONING")
+    assert api2.GetSandbox(name="held").sandbox.status.phase == \
+        pb.SandboxPhase.Value("SANDBOX_PHASE_STOPPED")
+    assert starts() == [run], "an explicitly stopped sandbox must stay stopped"

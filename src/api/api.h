@@ -101,6 +101,13 @@ void api_compute_on_watch_open(struct driver *d, void *arg);
 /* Starts a reconciliation of store and driver now (coalesced with one in
  * progress); the gateway calls it when the database comes back. */
 void api_compute_reconcile(struct api *a);
+/* Graceful shutdown, before the driver and the store go: from now on
+ * driver observations are not applied (records keep their intent), and
+ * when the driver advertises gateway_manages_lifecycle its running
+ * sandboxes are stopped (each StopSandbox bounded to 10 s); at the next
+ * startup those whose record still means to run are started again. Calls
+ * |done| once (possibly at once). */
+void api_compute_shutdown(struct api *a, void (*done)(void *arg), void *arg);
 /* Drops gates and timers; call once the store is closed (its callbacks ran). */
 void api_compute_free(struct api *a);
 

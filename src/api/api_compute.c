@@ -23,6 +23,7 @@
 #define GATE_BUCKETS     256
 #define SWEEP_INTERVAL_S 60
 #define ACTOR_DRIVER     "driver"
+#define SHUTDOWN_STOP_MS 10000 /* each StopSandbox of a graceful shutdown */
 
 struct gate_job {
     api_gate_fn fn;
@@ -43,6 +44,7 @@ struct api_gate {
     struct gate_job *head, *tail;
     uint8_t *snap; /* latest unapplied watch snapshot (packed DriverSandbox) */
     size_t snap_len;
+    bool snap_at_startup; /* observed before the first reconciliation ended */
     bool lost; /* the driver said it is gone (deleted event / missing from List) */
     const char *lost_reason;
     struct pending_pev *pev_head, *pev_tail; /* platform events, oldest first */
@@ -62,6 +64,11 @@ struct api_compute {
     uint64_t list_started_us;
     int64_t list_started_ms;
     Openshell__Compute__V1__ListSandboxesResponse *listed; /* during a reconcile */
+    bool startup_done;  /* the first reconciliation finished */
+    bool shutting_down; /* observations are no longer applied */
+    unsigned stops_pending;
+    void (*shutdown_done)(void *arg);
+    void *shutdown_arg;
 };
 
 /* ---- deferred store queries ----------------------------------------------------- */
@@ -306,6 +313,7 @@ struct obs_op {
     char id[40];
     Openshell__Compute__V1__DriverSandbox *snap; /* NULL: apply "lost" */
     struct pending_pev *pev;                     /* a platform event to write */
+    bool at_startup; /* the snapshot was observed at gateway startup */
     bool lost;
     char reason[64];
     int new_phase;
@@ -356,12 +364,44 @@ static void obs_removed(const struct store_result *r, void *arg)
     obs_finish(op);
 }
 
+static void obs_restarted(int status, const char *message, const ProtobufCMessage *resp,
+                          void *arg)
+{
+    struct obs_op *op = arg;
+    if (status == GRPC_STATUS_OK)
+        log_info("compute.restarted", LF_STR("sandbox_id", op->id),
+                 LF_STR("reason", "running intent kept across the gateway restart"));
+    else
+        log_warn("compute.restart_failed", LF_STR("sandbox_id", op->id),
+                 LF_STR("status", grpc_status_name(status)), LF_STR("message", message));
+    obs_finish(op);
+}
+
+/* A driver that leaves lifecycle to the gateway (gateway_manages_lifecycle)
+ * had its sandboxes stopped when the gateway shut down: at startup, one
+ * whose record still means to run (not stopped, stopping, deleting or
+ * failed) is started again instead of being recorded as STOPPED. */
+static bool restart_intent(struct api *a, const struct obs_op *op, int stored_phase)
+{
+    if (!op->at_startup || !driver_manages_lifecycle(a->driver) ||
+        api_phase_backend(op->snap->status) != OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_STOPPED)
+        return false;
+    return stored_phase == OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_PROVISIONING ||
+           stored_phase == OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_READY ||
+           stored_phase == OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_STARTING;
+}
+
 static void obs_read(const struct store_result *r, void *arg)
 {
     struct obs_op *op = arg;
     struct api *a = op->a;
     struct api_sb_row row;
 
+    if (a->compute->shutting_down) {
+        /* Records keep what they meant before the shutdown stops. */
+        obs_finish(op);
+        return;
+    }
     if (r->status != STORE_OK) {
         log_warn("compute.read_failed", LF_STR("sandbox_id", op->id), LF_STR("error", r->error));
         obs_finish(op);
@@ -396,6 +436,15 @@ static void obs_read(const struct store_result *r, void *arg)
         api_sb_write(a, op->id, row.rv, op->new_phase, st, row.phase, ACTOR_DRIVER,
                      "ComputeResourceMissing", obs_written, op);
         protobuf_c_message_free_unpacked(&st->base, NULL);
+        api_sb_row_clear(&row);
+        return;
+    }
+    if (restart_intent(a, op, row.phase)) {
+        Openshell__Compute__V1__StartSandboxRequest sr =
+            OPENSHELL__COMPUTE__V1__START_SANDBOX_REQUEST__INIT;
+        sr.sandbox_id = op->id;
+        sr.sandbox_name = row.name;
+        (void)driver_call(a->driver, DRIVER_START_SANDBOX, &sr.base, 0, obs_restarted, op);
         api_sb_row_clear(&row);
         return;
     }
@@ -446,6 +495,7 @@ static void apply_observation(struct api *a, const char *id, void *arg)
         g->snap = NULL;
     } else {
         op->snap = openshell__compute__v1__driver_sandbox__unpack(NULL, g->snap_len, g->snap);
+        op->at_startup = g->snap_at_startup;
         free(g->snap);
         g->snap = NULL;
         if (op->snap == NULL) {
@@ -466,6 +516,7 @@ static void observe_snapshot(struct api *a, const Openshell__Compute__V1__Driver
     g->snap_len = protobuf_c_message_get_packed_size(&sb->base);
     g->snap = gw_xmalloc(g->snap_len ? g->snap_len : 1);
     protobuf_c_message_pack(&sb->base, g->snap);
+    g->snap_at_startup = !a->compute->startup_done;
     g->last_watch_us = gw_now_mono_us();
     if (!g->busy)
         gate_enter(a, g->id, apply_observation, NULL, false);
@@ -735,6 +786,79 @@ void api_set_driver(struct api *a, struct driver *d)
 void api_compute_reconcile(struct api *a)
 {
     reconcile_start(a);
+}
+
+/* ---- graceful shutdown ---------------------------------------------------------- */
+
+static void run_shutdown_done(evutil_socket_t fd, short what, void *arg)
+{
+    struct api_compute *c = arg;
+    log_info("compute.shutdown_stopped");
+    c->shutdown_done(c->shutdown_arg);
+}
+
+static void shutdown_stop_done(int status, const char *message, const ProtobufCMessage *resp,
+                               void *arg)
+{
+    struct api *a = arg;
+    struct api_compute *c = a->compute;
+    if (status != GRPC_STATUS_OK)
+        log_warn("compute.shutdown_stop_failed", LF_STR("status", grpc_status_name(status)),
+                 LF_STR("message", message));
+    GW_ASSERT(c->stops_pending > 0);
+    if (--c->stops_pending == 0 && c->shutdown_done != NULL) {
+        /* From the loop: the caller stops the driver, whose call is still
+         * on the stack here. */
+        struct timeval now = {0, 0};
+        if (event_base_once(a->base, -1, EV_TIMEOUT, run_shutdown_done, c, &now) != 0)
+            GW_ASSERT(!"event_base_once failed");
+    }
+}
+
+static void shutdown_rows(const struct store_result *r, void *arg)
+{
+    struct api *a = arg;
+    struct api_compute *c = a->compute;
+    c->stops_pending = 1; /* held while the calls are issued */
+    if (r->status != STORE_OK) {
+        log_warn("compute.shutdown_list_failed", LF_STR("error", r->error));
+    } else {
+        for (int i = 0; i < store_ntuples(r); i++) {
+            int ph = api_phase_from_name(store_get(r, i, STORE_SB_PHASE));
+            if (ph != OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_PROVISIONING &&
+                ph != OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_READY &&
+                ph != OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_STARTING)
+                continue;
+            Openshell__Compute__V1__StopSandboxRequest req =
+                OPENSHELL__COMPUTE__V1__STOP_SANDBOX_REQUEST__INIT;
+            req.sandbox_id = (char *)store_get(r, i, STORE_SB_ID);
+            req.sandbox_name = (char *)store_get(r, i, STORE_SB_NAME);
+            c->stops_pending++;
+            (void)driver_call(a->driver, DRIVER_STOP_SANDBOX, &req.base, SHUTDOWN_STOP_MS,
+                              shutdown_stop_done, a);
+        }
+        log_info("compute.shutdown_stopping", LF_UINT("sandboxes", c->stops_pending - 1));
+    }
+    shutdown_stop_done(GRPC_STATUS_OK, NULL, NULL, a);
+}
+
+void api_compute_shutdown(struct api *a, void (*done)(void *arg), void *arg)
+{
+    struct api_compute *c = a->compute;
+    if (c == NULL) {
+        done(arg);
+        return;
+    }
+    c->shutting_down = true;
+    if (a->driver == NULL || driver_state(a->driver) != DRIVER_READY ||
+        !driver_manages_lifecycle(a->driver) || a->opts.store == NULL) {
+        done(arg);
+        return;
+    }
+    c->shutdown_done = done;
+    c->shutdown_arg = arg;
+    const char *p[] = {driver_name(a->driver)};
+    api_store_run(a, &store_sb_list_driver, p, NULL, shutdown_rows, a);
 }
 
 void api_compute_free(struct api *a)

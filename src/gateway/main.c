@@ -130,17 +130,11 @@ static void driver_stopped(void *arg)
     backend_part_stopped(arg);
 }
 
-/* Calls are done: stop the compute driver (a managed one is signalled and
- * waited for), close the database side, then stop the embedded server.
- * Both stops are asynchronous: the loop runs until they finished. */
-static void stop_backend(struct gateway *g)
+/* Second half of stop_backend(), once the compute side let go of the
+ * sandboxes it had to stop. */
+static void backend_close(void *arg)
 {
-    if (g->state >= GW_STOPPING)
-        return;
-    gw_set_state(g, GW_STOPPING);
-    grpc_server_close_all(g->srv);
-    api_end_streams(g->api);
-    g->stopping_parts = 1; /* held until this function is done */
+    struct gateway *g = arg;
     if (g->driver != NULL) {
         struct driver *d = g->driver;
         g->driver = NULL;
@@ -159,6 +153,21 @@ static void stop_backend(struct gateway *g)
         store_embedded_stop(g->embedded, 15000, embedded_stopped, g);
     }
     backend_part_stopped(g);
+}
+
+/* Calls are done: stop the sandboxes a lifecycle-managing driver leaves to
+ * us, stop the compute driver (a managed one is signalled and waited for),
+ * close the database side, then stop the embedded server. Every step is
+ * asynchronous: the loop runs until they finished. */
+static void stop_backend(struct gateway *g)
+{
+    if (g->state >= GW_STOPPING)
+        return;
+    gw_set_state(g, GW_STOPPING);
+    grpc_server_close_all(g->srv);
+    api_end_streams(g->api);
+    g->stopping_parts = 1; /* held until backend_close() is done */
+    api_compute_shutdown(g->api, backend_close, g);
 }
 
 static void drain_tick(struct reactor_timer *t, void *arg)
