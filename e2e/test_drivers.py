@@ -16,6 +16,7 @@ derives from the driver's Ready=True (semantics.md §8). Each sandbox command
 ends in `sleep <unique number>`, which is how its process is found in /proc.
 """
 
+import grpc
 import pytest
 
 from drivers_fixtures import (  # noqa: F401 - fixtures
@@ -292,3 +293,45 @@ def test_watch_opened_at_create_sees_started(env):
     w.wait_for(started_event, "the create's PlatformEvent process/Started")
     assert len([x for x in w.items if started_event(x)]) == 1, w.items
 
+
+
+def test_delete_workspace_asks_the_driver(env):
+    """DeleteWorkspace calls the driver's DeleteWorkspace once the workspace
+    is TERMINATING and empty, before removing it; while the driver is away
+    the workspace stays TERMINATING and the call is UNAVAILABLE."""
+    from drivers_util import records_of
+
+    pb = env.pb
+    drv = env.fake_driver(name="mydrv")
+    gw = env.gateway("--drivers", "mydrv", "--compute-driver-socket", drv.socket)
+    api = env.api(gw)
+    api.CreateWorkspace(name="team")
+    api.CreateSandbox(workspace="team", name="box",
+                      spec=pb.SandboxSpec(command=["/bin/sh", "-c", "sleep 600"]))
+
+    code, _ = api.error("DeleteWorkspace", name="team")
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert records_of(drv.record, "DeleteWorkspace") == [], "asked before the workspace was empty"
+
+    assert api.DeleteSandbox(workspace="team", name="box").deleted is True
+    wait_until(lambda: api.ids(workspace="team") == [], WAIT, interval=0.05,
+               what="the sandbox record removed after the driver's deletion")
+    drv.kill()
+    code, details = api.error("DeleteWorkspace", name="team")
+    assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
+    terminating = 2  # openshell.datamodel.v1.WorkspacePhase TERMINATING
+    assert api.GetWorkspace(name="team").workspace.status.phase == terminating
+
+    drv.start()
+
+    def deleted():
+        try:
+            return api.DeleteWorkspace(name="team").deleted
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+            return False
+
+    assert wait_until(deleted, WAIT, interval=0.25, what="DeleteWorkspace once the driver is back")
+    reqs = [r["request"] for r in records_of(drv.record, "DeleteWorkspace")]
+    assert reqs == [{"workspace": "team"}], reqs
+    assert api.error("GetWorkspace", name="team")[0] == grpc.StatusCode.NOT_FOUND

@@ -63,3 +63,40 @@ bool api_principal_may_read(struct grpc_call *call, const struct store_result *r
     (void)row;
     return p != NULL && p->platform_admin;
 }
+
+/* ---- work that outlives its call ------------------------------------------- */
+
+void api_detach(struct grpc_call *call, struct api_detached *d)
+{
+    struct api *a = grpc_call_method_arg(call);
+    d->call = call;
+    d->prev = NULL;
+    d->next = a->detached;
+    if (a->detached != NULL)
+        a->detached->prev = d;
+    a->detached = d;
+}
+
+void api_detach_end(struct api *a, struct api_detached *d)
+{
+    if (d->prev != NULL)
+        d->prev->next = d->next;
+    else
+        a->detached = d->next;
+    if (d->next != NULL)
+        d->next->prev = d->prev;
+    d->prev = d->next = NULL;
+}
+
+void api_detached_cancel(struct grpc_call *call)
+{
+    struct api *a = grpc_call_method_arg(call);
+    for (struct api_detached *d = a->detached; d != NULL; d = d->next) {
+        if (d->call == call) {
+            d->call = NULL; /* the work finishes what it started */
+            return;
+        }
+    }
+    /* Nothing attached yet: still authorizing or resolving through api_query. */
+    api_query_cancel(call);
+}

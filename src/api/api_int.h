@@ -7,7 +7,7 @@
 
 struct reflection_index;
 struct api_compute;
-struct lc_op;
+struct api_detached;
 struct driver;
 struct health_watch;
 struct diag_state;
@@ -29,7 +29,7 @@ struct api {
     struct diag_state *diag;
     struct driver *driver;        /* the compute driver (borrowed), NULL until attached */
     struct api_compute *compute;  /* gates, observations, reconciliation */
-    struct lc_op *lc_ops;         /* lifecycle ops in flight (api_lifecycle.c) */
+    struct api_detached *detached; /* work that outlives its call (api_common.c) */
     struct grpc_method methods[API_MAX_METHODS]; /* registered copies; outlive the server's use */
     size_t n_methods;
 };
@@ -50,9 +50,6 @@ void api_health_end_watches(struct api *a);
 /* Reflection: built once from the embedded descriptor set. */
 struct reflection_index *api_reflection_index_new(void);
 void api_reflection_index_free(struct reflection_index *ix);
-
-/* Drops the replies of lifecycle ops in flight (they still complete). */
-void api_lifecycle_end_all(struct api *a);
 
 /* Ends every Subscribe / WatchSandbox stream (drain). */
 void api_events_end_all(struct api *a);
@@ -152,6 +149,24 @@ void api_meta_set_maps(struct grpc_call *call, struct Openshell__Datamodel__V1__
  * integers as strings, bytes base64, Struct as objects), sorted keys.
  * Heap string, free(). (api_json.c) */
 char *api_message_json(const ProtobufCMessage *m);
+
+/* ---- work that outlives its call (api_common.c) -------------------------------
+ *
+ * A handler that starts something that must finish even when the client
+ * goes away (a lifecycle transition, a workspace deletion past its point of
+ * no return) embeds this in a heap object and attaches it: from then on
+ * the call may end at any time and |call| becomes NULL, so the work
+ * completes and only the reply is dropped. Before attaching, the handler is
+ * call-scoped as usual (api_query). */
+struct api_detached {
+    struct grpc_call *call; /* NULL once the client went away */
+    struct api_detached *prev, *next;
+};
+void api_detach(struct grpc_call *call, struct api_detached *d);
+void api_detach_end(struct api *a, struct api_detached *d);
+/* on_cancel for such handlers: forgets the call of the attached work, or
+ * cancels the call-scoped query when nothing is attached yet. */
+void api_detached_cancel(struct grpc_call *call);
 
 /* ---- compute (api_compute.c) ----------------------------------------------
  *

@@ -28,9 +28,8 @@
 enum lc_kind { LC_CREATE, LC_DELETE, LC_STOP, LC_START };
 
 struct lc_op {
+    struct api_detached det; /* det.call: NULL once the client went away */
     struct api *a;
-    struct grpc_call *call; /* NULL once the client went away */
-    struct lc_op *next, *prev;
     enum lc_kind kind;
     char id[40];
     char *name;
@@ -64,7 +63,6 @@ static struct lc_op *lc_new(struct grpc_call *call, enum lc_kind kind)
     struct api *a = grpc_call_method_arg(call);
     struct lc_op *op = gw_xcalloc(1, sizeof(*op));
     op->a = a;
-    op->call = call;
     op->kind = kind;
     op->actor = gw_xstrdup(api_call_principal(call)->subject);
     uint64_t deadline = grpc_call_deadline_us(call);
@@ -75,22 +73,13 @@ static struct lc_op *lc_new(struct grpc_call *call, enum lc_kind kind)
         if (left < op->driver_timeout_ms)
             op->driver_timeout_ms = left > 0 ? (uint32_t)left : 1;
     }
-    op->next = a->lc_ops;
-    if (a->lc_ops != NULL)
-        a->lc_ops->prev = op;
-    a->lc_ops = op;
+    api_detach(call, &op->det);
     return op;
 }
 
 static void lc_free(struct lc_op *op)
 {
-    struct api *a = op->a;
-    if (op->prev != NULL)
-        op->prev->next = op->next;
-    else
-        a->lc_ops = op->next;
-    if (op->next != NULL)
-        op->next->prev = op->prev;
+    api_detach_end(op->a, &op->det);
     api_sb_row_clear(&op->row);
     free(op->name);
     free(op->workspace);
@@ -120,23 +109,23 @@ static void lc_done(struct lc_op *op)
 static void lc_fail(struct lc_op *op, int status, const char *fmt, ...) GW_PRINTF(3, 4);
 static void lc_fail(struct lc_op *op, int status, const char *fmt, ...)
 {
-    if (op->call != NULL) {
+    if (op->det.call != NULL) {
         char msg[ERRLEN];
         va_list ap;
         va_start(ap, fmt);
         vsnprintf(msg, sizeof(msg), fmt, ap);
         va_end(ap);
-        grpc_call_finish(op->call, status, msg);
-        op->call = NULL;
+        grpc_call_finish(op->det.call, status, msg);
+        op->det.call = NULL;
     }
     lc_done(op);
 }
 
 static void lc_fail_store(struct lc_op *op, const struct store_result *r, const char *what)
 {
-    if (op->call != NULL) {
-        api_finish_store_error(op->call, r, what);
-        op->call = NULL;
+    if (op->det.call != NULL) {
+        api_finish_store_error(op->det.call, r, what);
+        op->det.call = NULL;
     }
     lc_done(op);
 }
@@ -144,27 +133,14 @@ static void lc_fail_store(struct lc_op *op, const struct store_result *r, const 
 /* Replies with the sandbox in row 0 of |r| (sandbox columns). */
 static void lc_reply_row(struct lc_op *op, const struct store_result *r)
 {
-    if (op->call != NULL) {
+    if (op->det.call != NULL) {
         Openshell__V1__SandboxResponse resp = OPENSHELL__V1__SANDBOX_RESPONSE__INIT;
-        resp.sandbox = api_sandbox_from_row(op->call, r, 0);
-        grpc_call_reply(op->call, &resp.base);
+        resp.sandbox = api_sandbox_from_row(op->det.call, r, 0);
+        grpc_call_reply(op->det.call, &resp.base);
         api_sandbox_free_unpacked(resp.sandbox);
-        op->call = NULL;
+        op->det.call = NULL;
     }
     lc_done(op);
-}
-
-static void lc_cancel(struct grpc_call *call)
-{
-    struct api *a = grpc_call_method_arg(call);
-    for (struct lc_op *op = a->lc_ops; op != NULL; op = op->next) {
-        if (op->call == call) {
-            op->call = NULL; /* the op finishes what it started */
-            return;
-        }
-    }
-    /* Not an op yet: still authorizing or resolving through api_query. */
-    api_query_cancel(call);
 }
 
 static bool driver_usable(struct grpc_call *call)
@@ -497,11 +473,11 @@ static void start_sandbox(struct grpc_call *call, void *msg)
 
 static void reply_deleted(struct lc_op *op, bool deleted)
 {
-    if (op->call != NULL) {
+    if (op->det.call != NULL) {
         Openshell__V1__DeleteSandboxResponse resp = OPENSHELL__V1__DELETE_SANDBOX_RESPONSE__INIT;
         resp.deleted = deleted;
-        grpc_call_reply(op->call, &resp.base);
-        op->call = NULL;
+        grpc_call_reply(op->det.call, &resp.base);
+        op->det.call = NULL;
     }
     lc_done(op);
 }
@@ -592,13 +568,13 @@ static void create_reply(struct lc_op *op)
 {
     log_info("api.sandbox_created", LF_STR("sandbox_id", op->id), LF_STR("name", op->name),
              LF_STR("workspace", op->workspace), LF_STR("owner", op->actor));
-    if (op->call != NULL && op->reply != NULL) {
+    if (op->det.call != NULL && op->reply != NULL) {
         Openshell__V1__SandboxResponse *resp =
             openshell__v1__sandbox_response__unpack(NULL, op->reply_len, op->reply);
         GW_ASSERT(resp != NULL);
-        grpc_call_reply(op->call, &resp->base);
+        grpc_call_reply(op->det.call, &resp->base);
         protobuf_c_message_free_unpacked(&resp->base, NULL);
-        op->call = NULL;
+        op->det.call = NULL;
     }
     lc_done(op);
 }
@@ -675,16 +651,16 @@ static void create_persisted(const struct store_result *r, void *arg)
         }
         return;
     }
-    if (op->call != NULL) {
+    if (op->det.call != NULL) {
         /* The reply, built now: the row is only readable in this callback. */
         Openshell__V1__SandboxResponse resp = OPENSHELL__V1__SANDBOX_RESPONSE__INIT;
-        grpc_call_scratch_begin(op->call);
-        resp.sandbox = api_sandbox_from_row(op->call, r, 0);
+        grpc_call_scratch_begin(op->det.call);
+        resp.sandbox = api_sandbox_from_row(op->det.call, r, 0);
         op->reply_len = protobuf_c_message_get_packed_size(&resp.base);
         op->reply = gw_xmalloc(op->reply_len ? op->reply_len : 1);
         protobuf_c_message_pack(&resp.base, op->reply);
         api_sandbox_free_unpacked(resp.sandbox);
-        grpc_call_scratch_end(op->call);
+        grpc_call_scratch_end(op->det.call);
     }
     /* The driver gets the spec with the sandbox token (minted here once
      * the gateway has a signing key: the supervisor issue). */
@@ -842,17 +818,10 @@ static lc_step kind_locked[4] = {
     [LC_START] = start_locked,
 };
 
-void api_lifecycle_end_all(struct api *a)
-{
-    /* Ops keep running to completion; their replies are dropped. */
-    for (struct lc_op *op = a->lc_ops; op != NULL; op = op->next)
-        op->call = NULL;
-}
-
-static const struct grpc_handler create_h = {.on_message = create_sandbox, .on_cancel = lc_cancel};
-static const struct grpc_handler delete_h = {.on_message = delete_sandbox, .on_cancel = lc_cancel};
-static const struct grpc_handler stop_h = {.on_message = stop_sandbox, .on_cancel = lc_cancel};
-static const struct grpc_handler start_h = {.on_message = start_sandbox, .on_cancel = lc_cancel};
+static const struct grpc_handler create_h = {.on_message = create_sandbox, .on_cancel = api_detached_cancel};
+static const struct grpc_handler delete_h = {.on_message = delete_sandbox, .on_cancel = api_detached_cancel};
+static const struct grpc_handler stop_h = {.on_message = stop_sandbox, .on_cancel = api_detached_cancel};
+static const struct grpc_handler start_h = {.on_message = start_sandbox, .on_cancel = api_detached_cancel};
 
 const struct grpc_method api_lifecycle_methods[] = {
     {"/openshell.v1.OpenShell/CreateSandbox", GRPC_UNARY,

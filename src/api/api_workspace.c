@@ -11,6 +11,7 @@
 #include <jansson.h>
 
 #include "api/api_int.h"
+#include "drivers/driver.h"
 #include "labels/labels.h"
 #include "openshell.pb-c.h"
 #include "store/store.h"
@@ -464,21 +465,16 @@ static void list_workspaces(struct grpc_call *call, void *msg)
 
 /* ---- DeleteWorkspace ---------------------------------------------------------- */
 
-static void delete_done(struct grpc_call *call, const struct store_result *r, void *arg)
+/* Answers |call| for a gw_workspace_delete(_prepare) outcome. */
+static void finish_delete_outcome(struct grpc_call *call, const char *name, const char *outcome)
 {
-    Openshell__V1__DeleteWorkspaceRequest *req = arg;
-    if (r->status != STORE_OK) {
-        api_finish_store_error(call, r, "workspace");
-        return;
-    }
-    const char *outcome = store_ntuples(r) == 1 ? store_get(r, 0, 0) : "";
     if (strcmp(outcome, "deleted") == 0) {
         Openshell__V1__DeleteWorkspaceResponse resp =
             OPENSHELL__V1__DELETE_WORKSPACE_RESPONSE__INIT;
         resp.deleted = true;
         grpc_call_reply(call, &resp.base);
     } else if (strcmp(outcome, "not_found") == 0) {
-        api_finish_workspace_not_found(call, req->name);
+        api_finish_workspace_not_found(call, name);
     } else if (strcmp(outcome, "default") == 0) {
         grpc_call_finish(call, GRPC_STATUS_FAILED_PRECONDITION,
                          "the default workspace cannot be deleted");
@@ -486,11 +482,93 @@ static void delete_done(struct grpc_call *call, const struct store_result *r, vo
         grpc_call_finishf(call, GRPC_STATUS_FAILED_PRECONDITION,
                           "workspace '%s' still holds %s; it stays TERMINATING until they are "
                           "removed",
-                          req->name, outcome + 5);
+                          name, outcome + 5);
     } else {
         log_error("api.workspace_delete_outcome", LF_STR("outcome", outcome));
         grpc_call_finish(call, GRPC_STATUS_INTERNAL, "internal database error");
     }
+}
+
+/* Past the driver's DeleteWorkspace the deletion completes even when the
+ * client went away. */
+struct ws_delete {
+    struct api_detached det;
+    struct api *a;
+    char *name;
+    char *actor;
+};
+
+static void ws_delete_free(struct ws_delete *w)
+{
+    api_detach_end(w->a, &w->det);
+    free(w->name);
+    free(w->actor);
+    free(w);
+}
+
+static void ws_deleted(const struct store_result *r, void *arg)
+{
+    struct ws_delete *w = arg;
+    const char *outcome = r->status == STORE_OK && store_ntuples(r) == 1 ? store_get(r, 0, 0) : "";
+    log_info("api.workspace_deleted", LF_STR("workspace", w->name), LF_STR("outcome", outcome));
+    if (w->det.call != NULL) {
+        if (r->status != STORE_OK)
+            api_finish_store_error(w->det.call, r, "workspace");
+        else
+            finish_delete_outcome(w->det.call, w->name, outcome);
+    }
+    ws_delete_free(w);
+}
+
+static void ws_driver_done(int status, const char *message, const ProtobufCMessage *resp,
+                           void *arg)
+{
+    struct ws_delete *w = arg;
+    if (status != GRPC_STATUS_OK && status != GRPC_STATUS_UNIMPLEMENTED) {
+        /* The workspace stays TERMINATING; a retry asks the driver again. */
+        log_warn("api.workspace_driver_delete_failed", LF_STR("workspace", w->name),
+                 LF_STR("status", grpc_status_name(status)), LF_STR("message", message));
+        if (w->det.call != NULL)
+            grpc_call_finishf(w->det.call, status, "delete workspace failed: %s",
+                              message ? message : "");
+        ws_delete_free(w);
+        return;
+    }
+    const char *params[] = {w->name, w->actor};
+    api_store_run(w->a, &store_ws_delete, params, NULL, ws_deleted, w);
+}
+
+static void delete_prepared(struct grpc_call *call, const struct store_result *r, void *arg)
+{
+    Openshell__V1__DeleteWorkspaceRequest *req = arg;
+    struct api *a = grpc_call_method_arg(call);
+    if (r->status != STORE_OK) {
+        api_finish_store_error(call, r, "workspace");
+        return;
+    }
+    const char *outcome = store_ntuples(r) == 1 ? store_get(r, 0, 0) : "";
+    if (strcmp(outcome, "ready") != 0) {
+        finish_delete_outcome(call, req->name, outcome);
+        return;
+    }
+    /* Empty and TERMINATING: the driver cleans up its side first
+     * (UNIMPLEMENTED is fine), then the record goes. */
+    if (a->driver == NULL || driver_state(a->driver) != DRIVER_READY) {
+        grpc_call_finishf(call, GRPC_STATUS_UNAVAILABLE,
+                          "compute driver is not connected; workspace '%s' stays TERMINATING, "
+                          "retry later",
+                          req->name);
+        return;
+    }
+    struct ws_delete *w = gw_xcalloc(1, sizeof(*w));
+    w->a = a;
+    w->name = gw_xstrdup(req->name);
+    w->actor = gw_xstrdup(api_call_principal(call)->subject);
+    api_detach(call, &w->det);
+    Openshell__Compute__V1__DeleteWorkspaceRequest dr =
+        OPENSHELL__COMPUTE__V1__DELETE_WORKSPACE_REQUEST__INIT;
+    dr.workspace = w->name;
+    (void)driver_call(a->driver, DRIVER_DELETE_WORKSPACE, &dr.base, 0, ws_driver_done, w);
 }
 
 static void delete_workspace(struct grpc_call *call, void *msg)
@@ -505,7 +583,7 @@ static void delete_workspace(struct grpc_call *call, void *msg)
         return;
     }
     const char *params[] = {req->name, api_call_principal(call)->subject};
-    api_query(call, &store_ws_delete, params, NULL, delete_done, req);
+    api_query(call, &store_ws_delete_prepare, params, NULL, delete_prepared, req);
 }
 
 /* ---- AddWorkspaceMember ------------------------------------------------------- */
@@ -676,7 +754,9 @@ static void list_members(struct grpc_call *call, void *msg)
 HANDLER(create_workspace_h, create_workspace);
 HANDLER(get_workspace_h, get_workspace);
 HANDLER(list_workspaces_h, list_workspaces);
-HANDLER(delete_workspace_h, delete_workspace);
+/* Its driver step outlives the call. */
+static const struct grpc_handler delete_workspace_h = {.on_message = delete_workspace,
+                                                       .on_cancel = api_detached_cancel};
 HANDLER(add_member_h, add_member);
 HANDLER(remove_member_h, remove_member);
 HANDLER(list_members_h, list_members);

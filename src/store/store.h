@@ -140,6 +140,9 @@ extern const struct store_stmt store_ws_list;
 /* $1 name, $2 actor -> one text column: "deleted", "not_found", "default",
  * "busy:<kinds>" */
 extern const struct store_stmt store_ws_delete;
+/* $1 name, $2 actor -> as store_ws_delete, but "ready" instead of deleting
+ * (the workspace is TERMINATING and empty) */
+extern const struct store_stmt store_ws_delete_prepare;
 
 /* Member columns: 0 id, 1 workspace, 2 principal_subject, 3 role
  * ("USER"/"ADMIN"), 4 resource_version, 5 created_at_ms. */

@@ -16,6 +16,8 @@ const struct store_stmt store_ws_list = {
     "(SELECT 1 FROM workspace_members m WHERE m.workspace_id = w.id AND m.principal_subject = "
     "$4)) ORDER BY created_at, name LIMIT $2::bigint OFFSET $3::bigint",
     4, false};
+const struct store_stmt store_ws_delete_prepare = {
+    "ws_delete_prepare", "SELECT gw_workspace_delete_prepare($1, $2)", 2, true};
 const struct store_stmt store_ws_delete = {"ws_delete", "SELECT gw_workspace_delete($1, $2)", 2,
                                            true};
 
