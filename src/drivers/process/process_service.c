@@ -281,10 +281,22 @@ static void get_listener_requirements(struct grpc_call *call, void *msg)
     grpc_call_reply(call, &resp.base);
 }
 
-static int status_of(int check_rv)
+/* ValidateSandboxCreate and CreateSandbox check the same way: false when
+ * the call was finished with the refusal (INVALID_ARGUMENT, or
+ * FAILED_PRECONDITION for what this driver cannot provide). */
+static bool check_or_finish(struct grpc_call *call, const struct process_driver *d,
+                            const Openshell__Compute__V1__DriverSandbox *sb,
+                            struct process_options *opts, struct process_limits *lim)
 {
-    return check_rv == PROCESS_ERR_UNSUPPORTED ? GRPC_STATUS_FAILED_PRECONDITION
-                                               : GRPC_STATUS_INVALID_ARGUMENT;
+    char err[512];
+    int rv = process_sandbox_check(sb, d->o.allow_host_network, opts, lim, err, sizeof(err));
+    if (rv == 0)
+        return true;
+    grpc_call_finish(call,
+                     rv == PROCESS_ERR_UNSUPPORTED ? GRPC_STATUS_FAILED_PRECONDITION
+                                                   : GRPC_STATUS_INVALID_ARGUMENT,
+                     err);
+    return false;
 }
 
 static void validate_create(struct grpc_call *call, void *msg)
@@ -295,15 +307,9 @@ static void validate_create(struct grpc_call *call, void *msg)
         OPENSHELL__COMPUTE__V1__VALIDATE_SANDBOX_CREATE_RESPONSE__INIT;
     struct process_options opts;
     struct process_limits lim;
-    char err[512];
-    int rv =
-        process_sandbox_check(req->sandbox, d->o.allow_host_network, &opts, &lim, err, sizeof(err));
 
-    if (rv != 0) {
-        grpc_call_finish(call, status_of(rv), err);
-        return;
-    }
-    grpc_call_reply(call, &resp.base);
+    if (check_or_finish(call, d, req->sandbox, &opts, &lim))
+        grpc_call_reply(call, &resp.base);
 }
 
 static void create_sandbox(struct grpc_call *call, void *msg)
@@ -315,13 +321,9 @@ static void create_sandbox(struct grpc_call *call, void *msg)
     struct process_options opts;
     struct process_limits lim;
     char err[512];
-    int rv =
-        process_sandbox_check(req->sandbox, d->o.allow_host_network, &opts, &lim, err, sizeof(err));
 
-    if (rv != 0) {
-        grpc_call_finish(call, status_of(rv), err);
+    if (!check_or_finish(call, d, req->sandbox, &opts, &lim))
         return;
-    }
     if (process_sandbox_find(d, req->sandbox->id, NULL, true) != NULL) {
         grpc_call_finishf(call, GRPC_STATUS_ALREADY_EXISTS, "sandbox %s already exists",
                           req->sandbox->id);
