@@ -1118,6 +1118,24 @@ static void test_api_spec_to_driver_validated_request(void **state)
     assert_struct(d->spec->template_->driver_config, "{'x': 'y'}");
 }
 
+/* An unknown field whose tag is an overlong encoding of field number 0:
+ * protobuf-c decodes it, keeps it, and writes it back canonically, which
+ * it then refuses to decode. Such a spec would be stored unreadable and
+ * forwarded undecodable, so it is refused up front (fuzz_sandbox_spec). */
+static void test_api_spec_validate_refuses_field_zero(void **state)
+{
+    /* CreateSandboxRequest{spec{command:["a"], <tag 0x80 0x00 = field 0, varint 1>}} */
+    static const uint8_t wire[] = {0x0a, 0x06, 0x62, 0x01, 'a', 0x80, 0x00, 0x01};
+    Openshell__V1__CreateSandboxRequest *req =
+        openshell__v1__create_sandbox_request__unpack(NULL, sizeof(wire), wire);
+    char err[256];
+    assert_non_null(req); /* the library takes it */
+    assert_int_equal(api_spec_validate_with(&AL, req, err, sizeof(err)),
+                     GRPC_STATUS_INVALID_ARGUMENT);
+    assert_string_equal(err, "spec: malformed encoding (a field numbered 0)");
+    protobuf_c_message_free_unpacked(&req->base, NULL);
+}
+
 /* ---- api_message_json (the spec_json column) ------------------------------------ */
 
 static void test_api_message_json_spec(void **state)
@@ -1204,6 +1222,7 @@ int main(void)
         T(test_api_spec_to_driver_driver_config_not_object),
         T(test_api_spec_to_driver_driver_config_repeated_key),
         T(test_api_spec_to_driver_validated_request),
+        T(test_api_spec_validate_refuses_field_zero),
         T(test_api_message_json_spec),
         T(test_api_message_json_scalars),
 #undef T

@@ -75,7 +75,10 @@ static void pb_free(void *data, void *p)
 }
 
 /* Deep copy of |m| in |al| through its encoding: no recursion of ours over
- * caller-controlled nesting, and the copy shares nothing with |m|. */
+ * caller-controlled nesting, and the copy shares nothing with |m|. NULL
+ * when the encoding does not decode again: protobuf-c accepts an unknown
+ * field whose tag is an overlong encoding of field number 0, keeps it, and
+ * writes it back canonically, which it then refuses (fuzz_sandbox_spec). */
 static void *msg_clone(const struct api_alloc *al, const ProtobufCMessage *m)
 {
     size_t len = protobuf_c_message_get_packed_size(m);
@@ -83,9 +86,7 @@ static void *msg_clone(const struct api_alloc *al, const ProtobufCMessage *m)
     size_t packed = protobuf_c_message_pack(m, buf);
     GW_ASSERT(packed == len);
     ProtobufCAllocator pa = {.alloc = pb_alloc, .free = pb_free, .allocator_data = (void *)al};
-    ProtobufCMessage *copy = protobuf_c_message_unpack(m->descriptor, &pa, len, buf);
-    GW_ASSERT(copy != NULL); /* only malformed input fails, and we just encoded it */
-    return copy;
+    return protobuf_c_message_unpack(m->descriptor, &pa, len, buf);
 }
 
 /* ---- error messages -------------------------------------------------------- */
@@ -382,7 +383,13 @@ int api_spec_validate_with(const struct api_alloc *al, Openshell__V1__CreateSand
         return invalid(err, errlen, "%s", why);
     if ((rc = check_spec(spec, err, errlen)) != OK)
         return rc;
-    return check_metadata(req, err, errlen);
+    if ((rc = check_metadata(req, err, errlen)) != OK)
+        return rc;
+    /* The spec is stored and forwarded in its encoding: it must decode
+     * again (see msg_clone). */
+    if (msg_clone(al, &spec->base) == NULL)
+        return invalid(err, errlen, "spec: malformed encoding (a field numbered 0)");
+    return OK;
 }
 
 int api_spec_validate(struct grpc_call *call, Openshell__V1__CreateSandboxRequest *req, char *err,
@@ -593,8 +600,13 @@ static int map_resource_block(const struct api_alloc *al, const char *block,
                    : strcmp(key, "memory") == 0 ? RES_MEMORY_REQUEST
                                                 : -1;
         if (slot < 0) {
-            if (v != NULL)
-                struct_put(al, rest, key, msg_clone(al, &v->base));
+            if (v != NULL) {
+                Google__Protobuf__Value *copy = msg_clone(al, &v->base);
+                if (copy == NULL)
+                    return invalid(err, errlen, "spec.template.resources.%s.%s: malformed value",
+                                   block, Q(key));
+                struct_put(al, rest, key, copy);
+            }
             continue;
         }
         if (v == NULL || v->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE)
@@ -624,8 +636,13 @@ static int map_resources(const struct api_alloc *al, const Google__Protobuf__Str
         const Google__Protobuf__Value *v = res->fields[i]->value;
         int kind = strcmp(key, "requests") == 0 ? 0 : strcmp(key, "limits") == 0 ? 1 : -1;
         if (kind < 0) {
-            if (v != NULL)
-                struct_put(al, rest, key, msg_clone(al, &v->base));
+            if (v != NULL) {
+                Google__Protobuf__Value *copy = msg_clone(al, &v->base);
+                if (copy == NULL)
+                    return invalid(err, errlen, "spec.template.resources.%s: malformed value",
+                                   Q(key));
+                struct_put(al, rest, key, copy);
+            }
             continue;
         }
         if (v == NULL || v->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE)
@@ -700,6 +717,9 @@ static int select_driver_config(const struct api_alloc *al, const Google__Protob
     if (v == NULL || v->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE)
         return invalid(err, errlen, "template.driver_config.%s must be an object", Q(driver_name));
     *out = v->struct_value != NULL ? msg_clone(al, &v->struct_value->base) : struct_new(al, 0);
+    if (*out == NULL)
+        return invalid(err, errlen, "template.driver_config.%s: malformed encoding",
+                       Q(driver_name));
     return OK;
 }
 
