@@ -6,8 +6,7 @@
 #include "api/api_int.h"
 #include "store/store.h"
 
-void api_finish_store_error(struct grpc_call *call, const struct store_result *r,
-                            const char *what)
+void api_finish_store_error(struct grpc_call *call, const struct store_result *r, const char *what)
 {
     switch (r->status) {
     case STORE_ERR_UNAVAILABLE:

@@ -45,7 +45,7 @@ struct api_gate {
     uint8_t *snap; /* latest unapplied watch snapshot (packed DriverSandbox) */
     size_t snap_len;
     bool snap_at_startup; /* observed before the first reconciliation ended */
-    bool lost; /* the driver said it is gone (deleted event / missing from List) */
+    bool lost;            /* the driver said it is gone (deleted event / missing from List) */
     const char *lost_reason;
     struct pending_pev *pev_head, *pev_tail; /* platform events, oldest first */
     uint64_t last_watch_us;
@@ -64,8 +64,8 @@ struct api_compute {
     uint64_t list_started_us;
     int64_t list_started_ms;
     Openshell__Compute__V1__ListSandboxesResponse *listed; /* during a reconcile */
-    bool startup_done;  /* the first reconciliation finished */
-    bool shutting_down; /* observations are no longer applied */
+    bool startup_done;                                     /* the first reconciliation finished */
+    bool shutting_down;                                    /* observations are no longer applied */
     unsigned stops_pending;
     void (*shutdown_done)(void *arg);
     void *shutdown_arg;
@@ -313,7 +313,7 @@ struct obs_op {
     char id[40];
     Openshell__Compute__V1__DriverSandbox *snap; /* NULL: apply "lost" */
     struct pending_pev *pev;                     /* a platform event to write */
-    bool at_startup; /* the snapshot was observed at gateway startup */
+    bool at_startup;                             /* the snapshot was observed at gateway startup */
     bool lost;
     char reason[64];
     int new_phase;
@@ -364,8 +364,7 @@ static void obs_removed(const struct store_result *r, void *arg)
     obs_finish(op);
 }
 
-static void obs_restarted(int status, const char *message, const ProtobufCMessage *resp,
-                          void *arg)
+static void obs_restarted(int status, const char *message, const ProtobufCMessage *resp, void *arg)
 {
     struct obs_op *op = arg;
     if (status == GRPC_STATUS_OK)

@@ -827,10 +827,14 @@ static lc_step kind_locked[4] = {
     [LC_START] = start_locked,
 };
 
-static const struct grpc_handler create_h = {.on_message = create_sandbox, .on_cancel = api_detached_cancel};
-static const struct grpc_handler delete_h = {.on_message = delete_sandbox, .on_cancel = api_detached_cancel};
-static const struct grpc_handler stop_h = {.on_message = stop_sandbox, .on_cancel = api_detached_cancel};
-static const struct grpc_handler start_h = {.on_message = start_sandbox, .on_cancel = api_detached_cancel};
+static const struct grpc_handler create_h = {.on_message = create_sandbox,
+                                             .on_cancel = api_detached_cancel};
+static const struct grpc_handler delete_h = {.on_message = delete_sandbox,
+                                             .on_cancel = api_detached_cancel};
+static const struct grpc_handler stop_h = {.on_message = stop_sandbox,
+                                           .on_cancel = api_detached_cancel};
+static const struct grpc_handler start_h = {.on_message = start_sandbox,
+                                            .on_cancel = api_detached_cancel};
 
 const struct grpc_method api_lifecycle_methods[] = {
     {"/openshell.v1.OpenShell/CreateSandbox", GRPC_UNARY,

@@ -520,8 +520,7 @@ static void ws_deleted(const struct store_result *r, void *arg)
     ws_delete_free(w);
 }
 
-static void ws_driver_done(int status, const char *message, const ProtobufCMessage *resp,
-                           void *arg)
+static void ws_driver_done(int status, const char *message, const ProtobufCMessage *resp, void *arg)
 {
     struct ws_delete *w = arg;
     if (status != GRPC_STATUS_OK && status != GRPC_STATUS_UNIMPLEMENTED) {
