@@ -177,15 +177,13 @@ static int driver_failure_status(enum lc_kind kind, int status)
 
 /* ---- shared steps under the gate --------------------------------------------- */
 
-typedef void (*lc_step)(struct lc_op *op);
+/* Runs under the gate with the record just read (row 0 of |r|, also
+ * parsed into op->row). */
+typedef void (*lc_step)(struct lc_op *op, const struct store_result *r);
 
 /* Reads the record by id under the gate into op->row; NOT_FOUND if gone,
  * ABORTED if it was renamed while we waited. */
 static void locked_read_done(const struct store_result *r, void *arg);
-
-struct lc_locked {
-    lc_step next;
-};
 
 static void on_gate(struct api *a, const char *id, void *arg)
 {
@@ -216,7 +214,7 @@ static void locked_read_done(const struct store_result *r, void *arg)
         return;
     }
     op->rv = op->row.rv;
-    kind_locked[op->kind](op);
+    kind_locked[op->kind](op, r);
 }
 
 static void finish_not_found(struct grpc_call *call, void *arg)
@@ -297,10 +295,15 @@ static void restore_done(const struct store_result *r, void *arg)
     lc_fail(op, op->fail_status, "%s", op->fail_message);
 }
 
-static void restore_and_fail(struct lc_op *op, int status, const char *message)
+/* The driver refused or failed: the record goes back to what it was before
+ * our first write, then the call fails with "<verb> sandbox failed: ...". */
+static void driver_failed(struct lc_op *op, int status, const char *message)
 {
-    op->fail_status = status;
-    op->fail_message = gw_xstrdup(message);
+    char msg[ERRLEN];
+    snprintf(msg, sizeof(msg), "%s sandbox failed: %s", method_verb[op->kind],
+             message ? message : "");
+    op->fail_status = driver_failure_status(op->kind, status);
+    op->fail_message = gw_xstrdup(msg);
     Openshell__V1__SandboxStatus empty = OPENSHELL__V1__SANDBOX_STATUS__INIT;
     const Openshell__V1__SandboxStatus *st = op->row.status != NULL ? op->row.status : &empty;
     api_sb_write(op->a, op->id, op->rv, op->row.phase, st, -1, op->actor, "driver call failed",
@@ -366,9 +369,7 @@ static void stop_driver_done(int status, const char *message, const ProtobufCMes
 {
     struct lc_op *op = arg;
     if (status != GRPC_STATUS_OK) {
-        char msg[ERRLEN];
-        snprintf(msg, sizeof(msg), "stop sandbox failed: %s", message ? message : "");
-        restore_and_fail(op, driver_failure_status(LC_STOP, status), msg);
+        driver_failed(op, status, message);
         return;
     }
     /* The STOPPING row is the base of the STOPPED one. */
@@ -384,12 +385,11 @@ static void stopping_written(const struct store_result *r, void *arg)
     driver_request(op, DRIVER_STOP_SANDBOX, stop_driver_done);
 }
 
-static void stop_locked(struct lc_op *op)
+static void stop_locked(struct lc_op *op, const struct store_result *r)
 {
     int ph = op->row.phase;
     if (ph == PHASE(STOPPED)) {
-        const char *p[] = {op->id};
-        api_store_run(op->a, &store_sb_get_by_id, p, NULL, stop_written, op);
+        lc_reply_row(op, r);
         return;
     }
     /* Upstream also requires READY; PROVISIONING is allowed here because
@@ -430,9 +430,7 @@ static void start_driver_done(int status, const char *message, const ProtobufCMe
 {
     struct lc_op *op = arg;
     if (status != GRPC_STATUS_OK) {
-        char msg[ERRLEN];
-        snprintf(msg, sizeof(msg), "start sandbox failed: %s", message ? message : "");
-        restore_and_fail(op, driver_failure_status(LC_START, status), msg);
+        driver_failed(op, status, message);
         return;
     }
     const char *p[] = {op->id};
@@ -447,12 +445,11 @@ static void starting_written(const struct store_result *r, void *arg)
     driver_request(op, DRIVER_START_SANDBOX, start_driver_done);
 }
 
-static void start_locked(struct lc_op *op)
+static void start_locked(struct lc_op *op, const struct store_result *r)
 {
     int ph = op->row.phase;
     if (ph == PHASE(READY)) {
-        const char *p[] = {op->id};
-        api_store_run(op->a, &store_sb_get_by_id, p, NULL, start_reread, op);
+        lc_reply_row(op, r);
         return;
     }
     if (ph != PHASE(STOPPED) && ph != PHASE(STARTING)) {
@@ -497,9 +494,7 @@ static void delete_driver_done(int status, const char *message, const ProtobufCM
 {
     struct lc_op *op = arg;
     if (status != GRPC_STATUS_OK) {
-        char msg[ERRLEN];
-        snprintf(msg, sizeof(msg), "delete sandbox failed: %s", message ? message : "");
-        restore_and_fail(op, driver_failure_status(LC_DELETE, status), msg);
+        driver_failed(op, status, message);
         return;
     }
     const Openshell__Compute__V1__DeleteSandboxResponse *d = (const void *)resp;
@@ -522,7 +517,7 @@ static void deleting_written(const struct store_result *r, void *arg)
     driver_request(op, DRIVER_DELETE_SANDBOX, delete_driver_done);
 }
 
-static void delete_locked(struct lc_op *op)
+static void delete_locked(struct lc_op *op, const struct store_result *r)
 {
     if (op->row.phase == PHASE(DELETING)) {
         reply_deleted(op, true);
