@@ -42,7 +42,6 @@ import datetime
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -53,7 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "e2e"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from events_bench import CpuMeter, durable_postgres, fmt, med, pct, proc_cpu_s  # noqa: E402
+from events_bench import (  # noqa: E402
+    CpuMeter, durable_postgres, fmt, med, pct, proc_cpu_s, run_until_signal)
 
 
 def env_int(name, default):
@@ -429,17 +429,7 @@ class Bench:
 
 
 def main():
-    bench = Bench()
-
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, on_signal)
-    try:
-        bench.run()
-    finally:
-        bench.stop_all()
-    return 0
+    return run_until_signal(Bench())
 
 
 if __name__ == "__main__":

@@ -1290,10 +1290,9 @@ class Bench:
         log(f"wrote {OUT}" + (f" and {JSON_OUT}" if JSON_OUT else ""))
 
 
-def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "--reader":
-        return reader_main(sys.argv[2:])
-    bench = Bench()
+def run_until_signal(bench):
+    """Runs |bench| (run(), then stop_all() whatever happens; SIGTERM
+    stops it like ^C). Shared with driver_bench.py."""
 
     def on_signal(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1304,6 +1303,12 @@ def main():
     finally:
         bench.stop_all()
     return 0
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--reader":
+        return reader_main(sys.argv[2:])
+    return run_until_signal(Bench())
 
 
 if __name__ == "__main__":
