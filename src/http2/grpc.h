@@ -201,6 +201,11 @@ unsigned grpc_server_connections(const struct grpc_server *s);
 int grpc_call_send(struct grpc_call *call, const ProtobufCMessage *msg) GW_MUSTCHECK;
 /* Sends an already-serialized message. */
 int grpc_call_send_raw(struct grpc_call *call, const uint8_t *data, size_t len) GW_MUSTCHECK;
+/* Sends one message whose serialized bytes are |head| followed by |body|
+ * (e.g. a hand-encoded field header and the bytes it announces), without
+ * joining them first. Same results as grpc_call_send(). */
+int grpc_call_send_parts(struct grpc_call *call, const uint8_t *head, size_t head_len,
+                         const uint8_t *body, size_t body_len) GW_MUSTCHECK;
 /* Ends the call with |status| and |message| (NULL or text; percent-encoded
  * on the wire). Trailers-only when nothing was sent yet. The call must not
  * be used afterwards. */
@@ -209,6 +214,12 @@ void grpc_call_finish(struct grpc_call *call, int status, const char *message);
 void grpc_call_finishf(struct grpc_call *call, int status, const char *fmt, ...) GW_PRINTF(3, 4);
 /* Unary: sends |msg| and finishes with OK. */
 void grpc_call_reply(struct grpc_call *call, const ProtobufCMessage *msg);
+/* Serialized length of the request message being delivered to on_message
+ * (for unary calls: of the one request), or 0 when unknown (it arrived
+ * compressed). A handler compares it with the decoded message's packed
+ * size to notice what protobuf-c loses silently: a NUL inside a string
+ * field (the string ends there) or a non-canonical encoding. */
+size_t grpc_call_msg_wire_len(const struct grpc_call *call);
 /* Stops (true) or resumes (false) delivery of request messages. While
  * paused, received bytes are not acknowledged to HTTP/2 flow control, so
  * the client is slowed down instead of the gateway buffering. */

@@ -12,6 +12,9 @@
 #include "config.h"
 #include "http2/http2_int.h"
 
+#define CCALL_HIGH_WATER (256 * 1024) /* queued request bytes before GRPC_SEND_FULL */
+#define CCALL_LOW_WATER  (64 * 1024)  /* ... and before the writable callback */
+
 struct grpc_channel {
     struct h2_conn *h2;
     struct event_base *base;
@@ -35,14 +38,16 @@ struct grpc_ccall {
     struct event *deadline_ev;
     const char *encoding;
     int http_status;
-    int status;     /* from grpc-status, -1 until seen */
+    int status; /* from grpc-status, -1 until seen */
     const char *message;
     bool close_send;
     bool deferred;
+    bool full;                 /* GRPC_SEND_FULL returned, on_writable not yet run */
+    struct event *writable_ev; /* runs on_writable from the loop */
     bool paused;
-    bool done;      /* on_done delivered (or cancelled): no more callbacks */
-    bool detached;  /* no longer attached to the stream */
-    int depth;      /* callbacks in progress: free is deferred */
+    bool done;     /* on_done delivered (or cancelled): no more callbacks */
+    bool detached; /* no longer attached to the stream */
+    int depth;     /* callbacks in progress: free is deferred */
     struct arena arena;
     unsigned char arena_buf[512];
 };
@@ -51,6 +56,8 @@ static void ccall_free(struct grpc_ccall *cc)
 {
     if (cc->deadline_ev)
         event_free(cc->deadline_ev);
+    if (cc->writable_ev)
+        event_free(cc->writable_ev);
     evbuffer_free(cc->out);
     if (cc->in)
         evbuffer_free(cc->in);
@@ -124,8 +131,9 @@ static void finish_from_trailers(struct grpc_ccall *cc)
     }
     char msg[64];
     snprintf(msg, sizeof(msg), "no grpc-status (http status %d)", cc->http_status);
-    ccall_done(cc, cc->http_status == 200 || cc->http_status == 0 ? GRPC_STATUS_INTERNAL
-                                                                  : GRPC_STATUS_UNKNOWN,
+    ccall_done(cc,
+               cc->http_status == 200 || cc->http_status == 0 ? GRPC_STATUS_INTERNAL
+                                                              : GRPC_STATUS_UNKNOWN,
                msg);
 }
 
@@ -182,8 +190,9 @@ static size_t c_feed(struct grpc_ccall *cc, const uint8_t *data, size_t len)
             if (!deliver(cc))
                 break;
         } else if (rv < 0) {
-            ccall_done(cc, rv == GRPC_DEFRAME_TOOBIG ? GRPC_STATUS_RESOURCE_EXHAUSTED
-                                                     : GRPC_STATUS_INTERNAL,
+            ccall_done(cc,
+                       rv == GRPC_DEFRAME_TOOBIG ? GRPC_STATUS_RESOURCE_EXHAUSTED
+                                                 : GRPC_STATUS_INTERNAL,
                        rv == GRPC_DEFRAME_TOOBIG ? "response message larger than the limit"
                                                  : "invalid message compression flag");
             break;
@@ -263,11 +272,32 @@ static ssize_t c_on_read_length(struct h2_stream *st, size_t max, uint32_t *flag
     return H2_DEFER;
 }
 
+static void c_writable_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct grpc_ccall *cc = arg;
+    if (cc->done || !cc->full || evbuffer_get_length(cc->out) >= CCALL_LOW_WATER)
+        return;
+    cc->full = false;
+    if (cc->on_writable == NULL)
+        return;
+    cc->depth++;
+    cc->on_writable(cc, cc->arg);
+    cc->depth--;
+    if (cc->done && cc->depth == 0)
+        ccall_free(cc);
+}
+
 static int c_on_send_data(struct h2_stream *st, struct evbuffer *out, size_t len)
 {
     struct grpc_ccall *cc = (struct grpc_ccall *)st;
     if (evbuffer_remove_buffer(cc->out, out, len) != (int)len)
         return -1;
+    /* Not from inside nghttp2: the callback may send, cancel or free. */
+    if (cc->full && evbuffer_get_length(cc->out) < CCALL_LOW_WATER) {
+        if (cc->writable_ev == NULL)
+            cc->writable_ev = event_new(cc->ch->base, -1, 0, c_writable_cb, cc);
+        event_active(cc->writable_ev, 0, 0);
+    }
     return 0;
 }
 
@@ -396,7 +426,10 @@ static int c_after_queue(struct grpc_ccall *cc)
         cc->deferred = false;
         h2_conn_resume_stream(cc->ch->h2, cc->st.id);
     }
-    return evbuffer_get_length(cc->out) >= 256 * 1024 ? GRPC_SEND_FULL : GRPC_SEND_OK;
+    if (evbuffer_get_length(cc->out) < CCALL_HIGH_WATER)
+        return GRPC_SEND_OK;
+    cc->full = true;
+    return GRPC_SEND_FULL;
 }
 
 int grpc_ccall_send(struct grpc_ccall *cc, const ProtobufCMessage *msg)

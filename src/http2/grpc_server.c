@@ -51,6 +51,7 @@ struct grpc_call {
     const char *encoding;
     unsigned nmsgs;
     void *unary_msg;
+    size_t msg_wire_len; /* serialized length of the message being delivered, 0 = unknown */
     struct hdr_list hdrs;
     struct grpc_deframer deframer;
     struct evbuffer *in;  /* received bytes held back while paused */
@@ -363,6 +364,7 @@ static void deliver_message(struct grpc_call *call)
     /* Streamed messages decode into the scratch arena, released right
      * after the handler saw them; the single message of a unary call lives
      * as long as the call. Both have a decoding budget. */
+    call->msg_wire_len = call->deframer.compressed ? 0 : call->deframer.msg_len;
     void *msg = grpc_payload_decode(&call->deframer, call->encoding, m->request,
                                     single ? &call->alloc : &call->scratch_alloc,
                                     call->srv->opts.max_recv_msg_bytes, &status, &err);
@@ -690,6 +692,25 @@ int grpc_call_send_raw(struct grpc_call *call, const uint8_t *data, size_t len)
     return after_queue(call);
 }
 
+int grpc_call_send_parts(struct grpc_call *call, const uint8_t *head, size_t head_len,
+                         const uint8_t *body, size_t body_len)
+{
+    uint8_t pre[5];
+    size_t len = head_len + body_len;
+    if (call->state != CALL_ACTIVE)
+        return GRPC_ERR_CLOSED;
+    if (!call->headers_sent && send_headers(call) != 0)
+        return GRPC_ERR_CLOSED;
+    if (len > call->srv->opts.max_send_msg_bytes)
+        return GRPC_ERR_TOOBIG;
+    grpc_frame_prefix(pre, (uint32_t)len);
+    evbuffer_add(call->out, pre, sizeof(pre));
+    evbuffer_add(call->out, head, head_len);
+    if (body_len > 0)
+        evbuffer_add(call->out, body, body_len);
+    return after_queue(call);
+}
+
 static void call_finish_internal(struct grpc_call *call, int status, const char *msg)
 {
     if (call->state == CALL_FINISHED)
@@ -735,6 +756,11 @@ void grpc_call_reply(struct grpc_call *call, const ProtobufCMessage *msg)
     if (rv < 0)
         return;
     grpc_call_finish(call, GRPC_STATUS_OK, NULL);
+}
+
+size_t grpc_call_msg_wire_len(const struct grpc_call *call)
+{
+    return call->msg_wire_len;
 }
 
 void grpc_call_pause_recv(struct grpc_call *call, bool paused)

@@ -6,7 +6,9 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <unistd.h>
 
 #include "http2/http2_int.h"
 
@@ -38,6 +40,7 @@ struct h2_conn {
     bool ping_outstanding;
     bool goaway_final; /* the second GOAWAY was submitted */
     bool flush_scheduled;
+    int plain;          /* plain socket (read directly): -1 unknown yet, 0 no, 1 yes */
     bool write_blocked; /* send stopped at the high-water mark */
     int depth;          /* nesting of our own callbacks: free is deferred while > 0 */
     uint64_t conn_id;
@@ -77,6 +80,8 @@ static void stream_unlink(struct h2_conn *c, struct h2_stream *st)
     st->_next = st->_prev = NULL;
     c->nstreams--;
 }
+
+#define H2_MAX_SINGLE_IO (256 * 1024) /* bytes per read() / write() of one socket event */
 
 static struct h2_stream *stream_get(struct h2_conn *c, int32_t id)
 {
@@ -343,12 +348,56 @@ static void read_input(struct h2_conn *c, struct evbuffer *in)
     }
 }
 
+/* libevent 2.1's socket bufferevent reads at most 4 KiB per readiness
+ * event (evbuffer_read caps at EVBUFFER_MAX_READ whatever the socket
+ * holds), which paces a bulk stream at 4 KiB per loop iteration. On a
+ * plain socket, keep reading here into one buffer and hand it straight to
+ * nghttp2, up to H2_READ_BUDGET per event so other connections get their
+ * turn. TLS connections keep libevent's path (the bytes are records). */
+#define H2_READ_BUDGET (1024 * 1024)
+
+static void read_socket_more(struct h2_conn *c)
+{
+    static uint8_t buf[H2_MAX_SINGLE_IO];
+    evutil_socket_t fd = bufferevent_getfd(c->bev);
+    if (fd < 0 || c->plain == 0)
+        return;
+    if (c->plain < 0) {
+        c->plain = bufferevent_get_underlying(c->bev) == NULL &&
+                           bufferevent_openssl_get_ssl(c->bev) == NULL
+                       ? 1
+                       : 0;
+        if (c->plain == 0)
+            return;
+    }
+    size_t budget = H2_READ_BUDGET;
+    while (budget > 0 && c->state != H2_CONN_CLOSING && !c->write_blocked) {
+        ssize_t n = read(fd, buf, GW_MIN(sizeof(buf), budget));
+        if (n <= 0)
+            return; /* EAGAIN, EOF or an error: libevent's next read reports it */
+        size_t off = 0;
+        while (off < (size_t)n && c->state != H2_CONN_CLOSING) {
+            ssize_t r = nghttp2_session_mem_recv(c->ngh, buf + off, (size_t)n - off);
+            if (r < 0) {
+                conn_fail(c, "recv", (int)r);
+                return;
+            }
+            off += (size_t)r;
+        }
+        budget -= (size_t)n;
+        if ((size_t)n < sizeof(buf))
+            return; /* drained */
+        conn_flush(c);
+    }
+}
+
 static void bev_read_cb(struct bufferevent *bev, void *arg)
 {
     struct h2_conn *c = arg;
     conn_enter(c);
     c->last_read_us = gw_now_mono_us();
     read_input(c, bufferevent_get_input(bev));
+    read_socket_more(c);
     conn_flush(c);
     /* A peer that sends while not reading our answers waits until it does. */
     if (c->state != H2_CONN_CLOSING && c->write_blocked)
@@ -458,7 +507,8 @@ static int send_settings(struct h2_conn *c, const struct h2_conn_opts *o)
     }
     if (nghttp2_submit_settings(c->ngh, NGHTTP2_FLAG_NONE, iv, n) != 0)
         return -1;
-    return nghttp2_session_set_local_window_size(c->ngh, NGHTTP2_FLAG_NONE, 0, (int32_t)conn_window);
+    return nghttp2_session_set_local_window_size(c->ngh, NGHTTP2_FLAG_NONE, 0,
+                                                 (int32_t)conn_window);
 }
 
 struct h2_conn *h2_conn_new(struct event_base *base, struct bufferevent *bev,
@@ -478,6 +528,7 @@ struct h2_conn *h2_conn_new(struct event_base *base, struct bufferevent *bev,
     c->keepalive_timeout_ms = o->keepalive_timeout_ms ? o->keepalive_timeout_ms : 20000;
     c->conn_id = o->conn_id;
     c->last_read_us = gw_clock_mono_us();
+    c->plain = -1;
     snprintf(c->peer, sizeof(c->peer), "%s", o->peer ? o->peer : "");
 
     if (session_create(c, o) != 0)
@@ -495,6 +546,10 @@ struct h2_conn *h2_conn_new(struct event_base *base, struct bufferevent *bev,
     }
     bufferevent_setcb(bev, bev_read_cb, bev_write_cb, bev_event_cb, c);
     bufferevent_setwatermark(bev, EV_WRITE, c->out_high_water / 2, 0);
+    /* libevent moves at most 16 KiB per socket event by default, which
+     * caps a bulk stream at 16 KiB per loop iteration; relays need more. */
+    (void)bufferevent_set_max_single_read(bev, H2_MAX_SINGLE_IO);
+    (void)bufferevent_set_max_single_write(bev, H2_MAX_SINGLE_IO);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
     conn_enter(c);
     conn_flush(c);
