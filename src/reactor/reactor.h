@@ -229,6 +229,18 @@ void reactor_child_detach(struct reactor_child *c);
 /* Number of children not yet reaped. */
 unsigned reactor_children_running(const struct reactor *r);
 
+/* Called on the loop for every reaped pid that reactor_spawn() did not
+ * start: children forked by other code, and orphans re-parented to this
+ * process (PID 1 of a namespace, or a child subreaper). |status| is the
+ * raw waitpid status. */
+typedef void (*reactor_orphan_cb)(pid_t pid, int status, void *arg);
+
+/* Sets (|cb| NULL: removes) the orphan hook. Also installs the SIGCHLD
+ * handler if reactor_spawn() has not yet, so such children are reaped
+ * from now on. Returns 0 or REACTOR_ERR_SYS (the handler could not be
+ * installed; the hook is not set). */
+int reactor_set_orphan_cb(struct reactor *r, reactor_orphan_cb cb, void *arg) GW_MUSTCHECK;
+
 /* ---- systemd -------------------------------------------------------------- */
 
 /* Sends |state| ("READY=1", "STOPPING=1", "WATCHDOG=1", ...) to

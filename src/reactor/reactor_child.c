@@ -226,6 +226,8 @@ static void child_reaped(struct reactor *r, pid_t pid, int status)
     }
     if (c == NULL) {
         log_debug("reactor.child_unknown", LF_INT("pid", pid), LF_INT("status", status));
+        if (r->orphan_cb != NULL)
+            r->orphan_cb(pid, status, r->orphan_arg);
         return;
     }
     LIST_REMOVE(c, link);
@@ -239,7 +241,7 @@ static void child_reaped(struct reactor *r, pid_t pid, int status)
 
 /* One SIGCHLD can stand for several exits, so reap until none is left.
  * waitpid(-1) also reaps children this module did not start; they are
- * logged at debug and otherwise ignored. */
+ * logged at debug and handed to the orphan hook, if any. */
 static void on_sigchld(evutil_socket_t signo, short what, void *arg)
 {
     struct reactor *r = arg;
@@ -269,6 +271,15 @@ static int sigchld_ensure(struct reactor *r)
         r->sigchld = NULL;
         return REACTOR_ERR_SYS;
     }
+    return 0;
+}
+
+int reactor_set_orphan_cb(struct reactor *r, reactor_orphan_cb cb, void *arg)
+{
+    if (sigchld_ensure(r) != 0)
+        return REACTOR_ERR_SYS;
+    r->orphan_cb = cb;
+    r->orphan_arg = cb != NULL ? arg : NULL;
     return 0;
 }
 

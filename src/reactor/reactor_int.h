@@ -35,6 +35,9 @@ struct reactor {
     LIST_HEAD(, reactor_timer) timers;
     LIST_HEAD(, reactor_signal) signals;
     LIST_HEAD(, reactor_child) children;
+    /* Gets the reaped pids reactor_spawn() did not start (reactor_set_orphan_cb). */
+    reactor_orphan_cb orphan_cb;
+    void *orphan_arg;
 };
 
 /* Teardown helpers for reactor_free(), one per file that owns a list. Each
