@@ -231,6 +231,7 @@ void process_sandbox_snapshot(const struct process_sandbox *sb, struct process_s
 #define IN_SANDBOX_DIR "/run/openshell"
 #define IN_SANDBOX_JWT "/run/openshell/sandbox.jwt"
 #define IN_SANDBOX_SUP "/run/openshell/openshell-supervisor"
+#define IN_SANDBOX_GW  "/run/openshell/gateway" /* the gateway's socket directory, read-only */
 
 enum cg_ctrl { CG_MEMORY, CG_CPU, CG_PIDS, CG_NCTRL };
 
@@ -286,6 +287,9 @@ struct process_sandbox {
     bool setup_failed;
     struct reactor_spawn_failure failure;
     struct reactor_timer *kill_timer;
+    struct reactor_timer *restart_timer; /* backoff before restarting a crashed supervisor */
+    unsigned quick_exits;                /* consecutive runs that ended within a minute */
+    uint64_t started_us;                 /* when the current run was spawned */
     struct sb_cgroup cg;
     struct sb_cond ready, suspended;
     struct process_waiter *stop_waiters, *delete_waiters;

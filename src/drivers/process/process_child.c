@@ -57,6 +57,7 @@ struct child_plan {
     bool isolate_net;
     const char *token;
     size_t token_len;
+    const char *gateway_dir; /* host directory of the gateway's Unix socket, or NULL */
     char *cg_procs[1 + CG_NCTRL];
     size_t n_cg;
     bool set_as;
@@ -297,6 +298,14 @@ static int child_run(const struct child_plan *p, const char **step)
         }
         close(fd);
     }
+    if (p->gateway_dir != NULL) {
+        cpath(dst, p->mnt, IN_SANDBOX_GW);
+        CHILD_TRY(mkdir(dst, 0755), "mkdir " IN_SANDBOX_GW);
+        CHILD_TRY(mount(p->gateway_dir, dst, NULL, MS_BIND, NULL), "bind the gateway socket dir");
+        CHILD_TRY(mount(NULL, dst, NULL,
+                        MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL),
+                  "read-only gateway socket dir");
+    }
     cpath(dst, p->mnt, IN_SANDBOX_SUP);
     fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0500);
     CHILD_TRY(fd < 0, "create " IN_SANDBOX_SUP);
@@ -487,6 +496,7 @@ void process_child_plan_free(struct child_plan *p)
     for (size_t i = 0; i < p->n_cg; i++)
         free(p->cg_procs[i]);
     free((char *)p->workdir);
+    free((char *)p->gateway_dir);
     free(p);
 }
 
@@ -505,6 +515,14 @@ struct child_plan *process_child_plan_build(struct process_sandbox *sb, char *er
     p->isolate_net = sb->opts.network == PROCESS_NET_ISOLATED;
     p->token = sb->token;
     p->token_len = sb->token ? strlen(sb->token) : 0;
+    if (d->o.gateway_endpoint != NULL && strncmp(d->o.gateway_endpoint, "unix:", 5) == 0) {
+        const char *path = d->o.gateway_endpoint + 5;
+        while (path[0] == '/' && path[1] == '/')
+            path++; /* unix:///x */
+        const char *slash = strrchr(path, '/');
+        if (slash != NULL && slash != path)
+            p->gateway_dir = gw_xstrndup(path, (size_t)(slash - path));
+    }
     p->masks[p->n_masks++] = d->o.state_dir;
     if (strcmp(d->socket_dir, "/") != 0)
         p->masks[p->n_masks++] = d->socket_dir;

@@ -234,8 +234,17 @@ static void build_env(const struct process_sandbox *sb, struct strv *env)
     env_set(env, "OPENSHELL_SANDBOX_NAME", sb->stored->name);
     env_set(env, "OPENSHELL_SANDBOX_WORKSPACE", sb->stored->workspace);
     env_set(env, "OPENSHELL_LOG_LEVEL", spec && spec->log_level[0] ? spec->log_level : "info");
-    if (sb->d->o.gateway_endpoint != NULL)
-        env_set(env, "OPENSHELL_ENDPOINT", sb->d->o.gateway_endpoint);
+    const char *ep = sb->d->o.gateway_endpoint;
+    if (ep != NULL && strncmp(ep, "unix:", 5) == 0) {
+        /* The socket's directory is mounted at IN_SANDBOX_GW. */
+        const char *base = strrchr(ep + 5, '/');
+        char *in = gw_xasprintf("unix:" IN_SANDBOX_GW "/%s", base ? base + 1 : ep + 5);
+        env_set(env, "OPENSHELL_ENDPOINT", in);
+        free(in);
+    } else if (ep != NULL) {
+        env_set(env, "OPENSHELL_ENDPOINT", ep);
+    }
+    env_set(env, "OPENSHELL_SANDBOX_INSTANCE_ID", sb->instance_id);
     if (sb->token != NULL)
         env_set(env, "OPENSHELL_SANDBOX_TOKEN_FILE", IN_SANDBOX_JWT);
 }
@@ -372,6 +381,7 @@ static void sb_free(struct process_sandbox *sb)
         close(sb->report_fd);
     process_cgroup_release(sb);
     reactor_timer_free(sb->kill_timer);
+    reactor_timer_free(sb->restart_timer);
     if (sb->stored)
         protobuf_c_message_free_unpacked(&sb->stored->base, NULL);
     if (sb->token) {
@@ -547,6 +557,42 @@ static void sb_exited_stopped(struct process_sandbox *sb)
         sb_start(sb); /* StartSandbox arrived while the stop was in progress */
 }
 
+/* A supervisor that dies on its own is restarted, as a container runtime
+ * restarts a crashed container: after 0.5, 1, 2, 4 and 8 s. A run that
+ * lasted a minute resets the count; the sixth quick exit in a row is
+ * final (Ready=False ProcessExited / OOMKilled: ERROR at the gateway). */
+#define RESTART_MAX_QUICK 5
+#define RESTART_QUICK_US  (60ull * 1000000)
+
+static void sb_restart_due(struct reactor_timer *t, void *arg)
+{
+    struct process_sandbox *sb = arg;
+    if (sb->child != NULL || sb->deleting || !sb->want_running || sb->d->shutting_down)
+        return;
+    log_info("sandbox.restarting", LF_STR("id", sb->id), LF_UINT("restart", sb->quick_exits));
+    sb_start(sb);
+}
+
+static bool sb_schedule_restart(struct process_sandbox *sb, const char *why)
+{
+    char msg[320];
+    bool quick = gw_clock_mono_us() - sb->started_us < RESTART_QUICK_US;
+    sb->quick_exits = quick ? sb->quick_exits + 1 : 1;
+    if (!sb->want_running || sb->d->shutting_down || sb->quick_exits > RESTART_MAX_QUICK)
+        return false;
+    unsigned delay_ms = 500u << (sb->quick_exits - 1);
+    snprintf(msg, sizeof(msg), "%s; restarting in %u ms (restart %u of %u)", why, delay_ms,
+             sb->quick_exits, RESTART_MAX_QUICK);
+    /* A transient reason: the gateway shows PROVISIONING meanwhile. */
+    sb_conditions(sb, "False", "Starting", msg);
+    if (sb->restart_timer == NULL)
+        sb->restart_timer = reactor_timer_new(sb->d->r, sb_restart_due, sb);
+    reactor_timer_arm(sb->restart_timer, delay_ms);
+    log_warn("sandbox.restart_scheduled", LF_STR("id", sb->id), LF_STR("reason", why),
+             LF_UINT("delay_ms", delay_ms));
+    return true;
+}
+
 /* The run ended on its own: exit, signal, OOM kill or setup failure. */
 static void sb_exited_alone(struct process_sandbox *sb, int status)
 {
@@ -574,6 +620,7 @@ static void sb_exited_alone(struct process_sandbox *sb, int status)
     }
     log_warn("sandbox.exited", LF_STR("id", sb->id), LF_STR("reason", sb->ready.reason),
              LF_STR("message", msg));
+    (void)sb_schedule_restart(sb, msg);
     sb_changed(sb);
 }
 
@@ -660,6 +707,9 @@ static void sb_start(struct process_sandbox *sb)
     char err[512];
 
     GW_ASSERT(sb->child == NULL && !sb->deleting);
+    if (sb->restart_timer != NULL)
+        reactor_timer_disarm(sb->restart_timer);
+    sb->started_us = gw_clock_mono_us();
     sb->stopping = sb->oom_killed = sb->setup_failed = false;
     gw_uuid4(sb->instance_id);
     if (sb->invalid != NULL) {
@@ -708,6 +758,9 @@ void process_sandbox_stop(struct process_sandbox *sb, struct process_waiter *w)
         sb->want_running = false;
         sb_persist_state(sb, "stopped");
     }
+    if (sb->restart_timer != NULL)
+        reactor_timer_disarm(sb->restart_timer);
+    sb->quick_exits = 0;
     if (sb->child != NULL) {
         if (w != NULL)
             waiter_link(&sb->stop_waiters, w);
@@ -761,6 +814,8 @@ void process_sandbox_delete(struct process_sandbox *sb, struct process_waiter *w
     if (sb->deleting)
         return;
     sb->deleting = true;
+    if (sb->restart_timer != NULL)
+        reactor_timer_disarm(sb->restart_timer);
     sb_persist_state(sb, "deleting");
     sb_changed(sb);
     if (sb->child != NULL) {
