@@ -39,7 +39,11 @@ struct api *api_new(struct event_base *base, struct grpc_server *srv, const stru
         register_table(a, api_events_methods) != 0 ||
         register_table(a, api_workspace_methods) != 0 ||
         register_table(a, api_sandbox_methods) != 0 ||
-        register_table(a, api_lifecycle_methods) != 0)
+        register_table(a, api_lifecycle_methods) != 0 ||
+        register_table(a, api_session_methods) != 0 ||
+        register_table(a, api_exec_methods) != 0 ||
+        register_table(a, api_forward_methods) != 0 ||
+        register_table(a, api_logs_methods) != 0)
         goto fail;
     if (o->enable_diagnostics && register_table(a, api_diag_methods) != 0)
         goto fail;
@@ -68,9 +72,20 @@ void api_free(struct api *a)
         return;
     api_reflection_index_free(a->refl);
     free_drivers(a);
+    api_sessions_free(a);
+    api_logs_free(a);
     free(a->diag);
     free(a->version);
+    free(a->listen_host);
     free(a);
+}
+
+void api_set_listener(struct api *a, const char *host, uint16_t port, bool tls)
+{
+    free(a->listen_host);
+    a->listen_host = gw_xstrdup(host ? host : "");
+    a->listen_port = port;
+    a->listen_tls = tls;
 }
 
 void api_set_drivers(struct api *a, const struct api_driver_info *drivers, size_t n)
@@ -105,4 +120,5 @@ void api_end_streams(struct api *a)
     api_health_end_watches(a);
     api_events_end_all(a);
     api_diag_end_all(a);
+    api_sessions_end_all(a);
 }

@@ -63,6 +63,19 @@ struct api_driver_info {
 
 struct store;
 struct events_hub;
+struct jwt_keys;
+
+/* A platform credential exchange for IssueSandboxToken (upstream: a
+ * Kubernetes projected service-account token checked with TokenReview).
+ * |verify| gets the caller's bearer credential and calls |done| exactly
+ * once, possibly later from the loop, with GRPC_STATUS_OK and the sandbox
+ * id the credential is bound to, or an error status and message. */
+typedef void (*api_exchange_done_cb)(void *arg, int status, const char *sandbox_id,
+                                     const char *message);
+struct api_token_exchange {
+    void (*verify)(void *ctx, const char *credential, api_exchange_done_cb done, void *arg);
+    void *ctx;
+};
 
 struct api_opts {
     const char *version;      /* gateway version string */
@@ -70,6 +83,16 @@ struct api_opts {
     struct events_hub *hub;   /* lifecycle event fan-out (with |store|) */
     bool enable_diagnostics;  /* register openshell.diag.v1.Diagnostics */
     bool mtls_user_auth;      /* verified client certificates name the user */
+    /* Sandbox identity (semantics.md §15): the signing keys (borrowed, must
+     * outlive the api; NULL = no sandbox principals: supervisor RPCs are
+     * refused and CreateSandbox hands out no token), the issuer and
+     * audience "openshell-gateway:<id>", and the token lifetime (0 =
+     * never expires). */
+    const struct jwt_keys *jwt;
+    const char *jwt_issuer;
+    uint64_t jwt_ttl_secs;
+    uint64_t ssh_session_ttl_secs; /* CreateSshSession token lifetime, 0 = never expires */
+    const struct api_token_exchange *token_exchange; /* NULL: IssueSandboxToken refused */
 };
 
 /* Creates the API and registers every method on |srv|. Caller owns, free
@@ -82,6 +105,10 @@ void api_free(struct api *a);
 /* Attaches the database and event hub once they exist (borrowed; both must
  * outlive every call). */
 void api_set_backend(struct api *a, struct store *store, struct events_hub *hub);
+
+/* Where clients reach the gateway, as CreateSshSession reports it: the
+ * bind address as text, the bound port, and whether TLS is on (copied). */
+void api_set_listener(struct api *a, const char *host, uint16_t port, bool tls);
 
 /* Replaces the compute-driver snapshot shown by GetGatewayInfo (copied). */
 void api_set_drivers(struct api *a, const struct api_driver_info *drivers, size_t n);

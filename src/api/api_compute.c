@@ -359,8 +359,10 @@ static void obs_removed(const struct store_result *r, void *arg)
     struct obs_op *op = arg;
     if (r->status != STORE_OK)
         log_warn("compute.remove_failed", LF_STR("sandbox_id", op->id), LF_STR("error", r->error));
-    else
+    else {
         log_info("compute.removed", LF_STR("sandbox_id", op->id), LF_STR("reason", op->reason));
+        api_logs_drop(op->a, op->id);
+    }
     obs_finish(op);
 }
 
@@ -893,7 +895,3 @@ void api_compute_free(struct api *a)
 
 /* Supervisor sessions (ConnectSupervisor) are served by the supervisor
  * relay; until a sandbox holds one, readiness stops at "backend ready". */
-bool api_session_connected(struct api *a, const char *sandbox_id)
-{
-    return false;
-}

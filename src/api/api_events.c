@@ -1,6 +1,7 @@
 /* openshell.events.v1.Events/Subscribe (the lifecycle stream for platform
  * schedulers) and openshell.v1.OpenShell/WatchSandbox, both fed by the
- * events hub. */
+ * events hub; WatchSandbox's log lines come from the sandbox's log buffer
+ * (api_logs.c). */
 #include "api/api.h"
 
 #include <stdlib.h>
@@ -26,15 +27,18 @@ struct ev_stream {
     /* WatchSandbox */
     char sandbox_id[37];
     bool follow_status, stop_on_terminal, follow_events;
-    bool paused;   /* the subscription waits for events_sub_resume */
-    struct events_event *held; /* a platform event not sent yet (at most one: paused after) */
-    uint32_t event_tail;  /* platform events to replay after the first snapshot */
-    bool tail_pending;    /* replay not sent yet: live events wait */
-    uint64_t start_seq;   /* the subscription starts after this */
-    bool reading;  /* a snapshot read is in flight */
-    bool sent;     /* the first snapshot went out */
-    bool dirty;    /* another change arrived while reading or congested */
-    bool ending;   /* finished or cancelled: free when the read returns */
+    struct api_log_watch *logs; /* follow_logs: a cursor into the sandbox's log buffer */
+    bool log_replay_pending;    /* follow_logs: the replay is not fully sent yet */
+    bool paused;                /* the subscription waits for events_sub_resume */
+    struct events_event *held;  /* a platform event not sent yet (at most one: paused after) */
+    uint32_t event_tail;        /* platform events to replay after the first snapshot */
+    bool tail_pending;          /* replay not sent yet: live events wait */
+    uint64_t start_seq;         /* the subscription starts after this */
+    bool reading;               /* a snapshot read is in flight */
+    bool sent;                  /* the first snapshot went out */
+    bool dirty;                 /* another change arrived while reading or congested */
+    bool ending;                /* finished or cancelled: free when the read returns */
+    unsigned busy;              /* inside a call that may end the stream: free after it */
 };
 
 /* ---- registry (so a drain can end every stream) ------------------------- */
@@ -72,9 +76,11 @@ static void stream_end(struct ev_stream *st)
         st->next->prev = st->prev;
     events_sub_free(st->sub);
     st->sub = NULL;
+    api_logs_unwatch(st->logs);
+    st->logs = NULL;
     if (st->have_sel)
         labels_selector_free(&st->sel);
-    if (!st->reading)
+    if (!st->reading && st->busy == 0)
         free(st);
 }
 
@@ -104,8 +110,8 @@ static Openshell__V1__SandboxPhase phase_of(const char *name)
 {
     char buf[64];
     snprintf(buf, sizeof(buf), "SANDBOX_PHASE_%s", name);
-    const ProtobufCEnumValue *v =
-        protobuf_c_enum_descriptor_get_value_by_name(&openshell__v1__sandbox_phase__descriptor, buf);
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value_by_name(
+        &openshell__v1__sandbox_phase__descriptor, buf);
     return v ? (Openshell__V1__SandboxPhase)v->value
              : OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_UNSPECIFIED;
 }
@@ -116,8 +122,7 @@ static bool sub_event(struct events_sub *sub, const struct events_event *ev, voi
 {
     struct ev_stream *st = arg;
     Openshell__Events__V1__LifecycleEvent le = OPENSHELL__EVENTS__V1__LIFECYCLE_EVENT__INIT;
-    Openshell__Events__V1__SubscribeResponse resp =
-        OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__INIT;
+    Openshell__Events__V1__SubscribeResponse resp = OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__INIT;
     le.sequence = ev->seq;
     le.kind = (char *)ev->kind;
     le.workspace = (char *)ev->workspace;
@@ -163,8 +168,7 @@ static void sub_caught_up(struct events_sub *sub, uint64_t seq, void *arg)
 {
     struct ev_stream *st = arg;
     Openshell__Events__V1__CaughtUp cu = OPENSHELL__EVENTS__V1__CAUGHT_UP__INIT;
-    Openshell__Events__V1__SubscribeResponse resp =
-        OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__INIT;
+    Openshell__Events__V1__SubscribeResponse resp = OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__INIT;
     cu.sequence = seq;
     resp.payload_case = OPENSHELL__EVENTS__V1__SUBSCRIBE_RESPONSE__PAYLOAD_CAUGHT_UP;
     resp.caught_up = &cu;
@@ -234,6 +238,8 @@ static void subscribe(struct grpc_call *call, void *msg)
 static void watch_read(struct ev_stream *st);
 static void watch_tail(struct ev_stream *st);
 static bool watch_resume(struct ev_stream *st);
+static void watch_open(struct ev_stream *st);
+static void watch_live(struct ev_stream *st);
 static int send_platform_event(struct ev_stream *st, const struct events_event *ev);
 
 static void watch_got(const struct store_result *r, void *arg)
@@ -273,7 +279,8 @@ static void watch_got(const struct store_result *r, void *arg)
     ev.payload_case = OPENSHELL__V1__SANDBOX_STREAM_EVENT__PAYLOAD_SANDBOX;
     ev.sandbox = sb;
     int rv = grpc_call_send(st->call, &ev.base);
-    bool ready = sb->status && sb->status->phase == OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_READY;
+    bool ready =
+        sb->status && sb->status->phase == OPENSHELL__V1__SANDBOX_PHASE__SANDBOX_PHASE_READY;
     api_sandbox_free_unpacked(sb);
     grpc_call_scratch_end(st->call);
     if (rv < 0) {
@@ -284,16 +291,11 @@ static void watch_got(const struct store_result *r, void *arg)
         stream_finish(st, GRPC_STATUS_OK, NULL);
         return;
     }
-    if (st->tail_pending) {
-        watch_tail(st);
+    if (st->log_replay_pending || st->tail_pending) {
+        watch_open(st);
         return;
     }
-    if (rv == GRPC_SEND_OK && !watch_resume(st))
-        return;
-    if (st->dirty && rv == GRPC_SEND_OK) {
-        st->dirty = false;
-        watch_read(st);
-    }
+    watch_live(st);
 }
 
 /* event_tail: the last platform events before the subscription started,
@@ -324,12 +326,7 @@ static void watch_tail_got(const struct store_result *r, void *arg)
             return;
         }
     }
-    if (!grpc_call_congested(st->call) && !watch_resume(st))
-        return;
-    if (st->dirty && !grpc_call_congested(st->call)) {
-        st->dirty = false;
-        watch_read(st);
-    }
+    watch_live(st);
 }
 
 static void watch_tail(struct ev_stream *st)
@@ -375,8 +372,107 @@ static bool watch_resume(struct ev_stream *st)
             return false; /* on_writable resumes */
     }
     st->paused = false;
+    /* Resuming delivers at once, and a failed send there ends the stream. */
+    st->busy++;
     events_sub_resume(st->sub);
+    st->busy--;
+    if (st->ending) {
+        if (!st->reading)
+            free(st);
+        return false;
+    }
     return true;
+}
+
+/* ---- WatchSandbox: log lines ------------------------------------------------------------- */
+
+/* Says how many log lines the client missed because it fell behind the
+ * buffer (the ring evicted them before they could be sent). */
+static int send_log_warning(struct ev_stream *st, uint64_t dropped)
+{
+    char text[160];
+    snprintf(text, sizeof(text),
+             "%llu log lines dropped: the stream fell behind the sandbox's log buffer",
+             (unsigned long long)dropped);
+    Openshell__V1__SandboxStreamWarning w = OPENSHELL__V1__SANDBOX_STREAM_WARNING__INIT;
+    Openshell__V1__SandboxStreamEvent out = OPENSHELL__V1__SANDBOX_STREAM_EVENT__INIT;
+    w.message = text;
+    out.payload_case = OPENSHELL__V1__SANDBOX_STREAM_EVENT__PAYLOAD_WARNING;
+    out.warning = &w;
+    return grpc_call_send(st->call, &out.base);
+}
+
+/* Sends buffered log lines while the client keeps up: only the replay
+ * (|replay_only|, the opening phase) or everything. What is left waits in
+ * the buffer for on_writable. Returns false when the stream ended. */
+static bool logs_pump(struct ev_stream *st, bool replay_only)
+{
+    while (!grpc_call_congested(st->call)) {
+        uint64_t dropped;
+        const Openshell__V1__SandboxLogLine *l =
+            api_logs_watch_next(st->logs, replay_only, &dropped);
+        if (dropped > 0 && send_log_warning(st, dropped) < 0) {
+            stream_end(st);
+            return false;
+        }
+        if (l == NULL)
+            break;
+        Openshell__V1__SandboxStreamEvent out = OPENSHELL__V1__SANDBOX_STREAM_EVENT__INIT;
+        out.payload_case = OPENSHELL__V1__SANDBOX_STREAM_EVENT__PAYLOAD_LOG;
+        out.log = (Openshell__V1__SandboxLogLine *)l; /* packed by the send */
+        if (grpc_call_send(st->call, &out.base) < 0) {
+            stream_end(st);
+            return false;
+        }
+    }
+    if (replay_only && !api_logs_watch_replaying(st->logs))
+        st->log_replay_pending = false;
+    return true;
+}
+
+/* New log lines: sent now when the stream is live and keeps up; otherwise
+ * they wait in the buffer (the opening phases or on_writable take them). */
+static void watch_logs_ready(struct api_log_watch *w, void *arg)
+{
+    struct ev_stream *st = arg;
+    (void)w;
+    if (st->ending || !st->sent || st->log_replay_pending || st->tail_pending)
+        return;
+    (void)logs_pump(st, false);
+}
+
+/* After the first snapshot, in this order: the log replay, the platform
+ * event tail, then live. A congested replay stays pending (on_writable
+ * goes on); the tail is a store read (watch_tail_got goes on). */
+static void watch_open(struct ev_stream *st)
+{
+    if (st->log_replay_pending) {
+        if (!logs_pump(st, true) || st->log_replay_pending)
+            return;
+    }
+    if (st->tail_pending) {
+        if (!st->reading) /* else the snapshot read in flight comes back here */
+            watch_tail(st);
+        return;
+    }
+    watch_live(st);
+}
+
+/* Live: buffered log lines, then the held platform event and the paused
+ * subscription, then a snapshot re-read a change asked for; each only
+ * while the client keeps up. */
+static void watch_live(struct ev_stream *st)
+{
+    if (st->logs != NULL && !logs_pump(st, false))
+        return;
+    if (grpc_call_congested(st->call) || st->reading)
+        return;
+    if (!watch_resume(st))
+        return;
+    if (st->dirty) {
+        st->dirty = false;
+        watch_read(st);
+    }
 }
 
 /* A driver's platform event (kind sandbox.platform_event; the payload is
@@ -398,15 +494,18 @@ static int send_platform_event(struct ev_stream *st, const struct events_event *
     pe.timestamp_ms = o != NULL ? json_integer_value(json_object_get(o, "timestamp_ms")) : 0;
     if (pe.timestamp_ms == 0)
         pe.timestamp_ms = ev->created_at_ms;
-#define FIELD(name) (o != NULL && json_is_string(json_object_get(o, name)) \
-                         ? (char *)json_string_value(json_object_get(o, name)) : (char *)"")
+#define FIELD(name)                                                                                \
+    (o != NULL && json_is_string(json_object_get(o, name))                                         \
+         ? (char *)json_string_value(json_object_get(o, name))                                     \
+         : (char *)"")
     pe.source = FIELD("source");
     pe.type = FIELD("type");
     pe.reason = FIELD("reason");
     pe.message = FIELD("message");
 #undef FIELD
     if (n > 0) {
-        json_object_foreach(meta, key, val) {
+        json_object_foreach(meta, key, val)
+        {
             openshell__v1__platform_event__metadata_entry__init(&entries[i]);
             entries[i].key = (char *)key;
             entries[i].value = json_is_string(val) ? (char *)json_string_value(val) : (char *)"";
@@ -432,7 +531,8 @@ static bool watch_event(struct events_sub *sub, const struct events_event *ev, v
     if (strcmp(ev->kind, "sandbox.platform_event") == 0) {
         if (!st->follow_events)
             return true;
-        if (!st->sent || st->reading || st->tail_pending || grpc_call_congested(st->call)) {
+        if (!st->sent || st->reading || st->log_replay_pending || st->tail_pending ||
+            grpc_call_congested(st->call)) {
             /* Not now: the subscription counts it delivered, so keep it
              * and send it first when resumed (after the snapshot / replay,
              * or when writable). Paused, nothing else arrives meanwhile. */
@@ -466,14 +566,15 @@ static bool watch_event(struct events_sub *sub, const struct events_event *ev, v
 static void watch_writable(struct grpc_call *call)
 {
     struct ev_stream *st = grpc_call_user(call);
-    if (st == NULL)
+    if (st == NULL || !st->sent)
         return;
-    if (st->dirty && !st->reading) {
-        st->dirty = false;
-        watch_read(st);
+    if (st->log_replay_pending) {
+        watch_open(st);
+        return;
     }
-    if (st->sent && !st->reading && !st->tail_pending)
-        (void)watch_resume(st);
+    if (st->tail_pending) /* its read is in flight: watch_tail_got goes on */
+        return;
+    watch_live(st);
 }
 
 static void watch_sandbox(struct grpc_call *call, void *msg)
@@ -506,6 +607,18 @@ static void watch_sandbox(struct grpc_call *call, void *msg)
     st->event_tail = req->follow_events ? GW_MIN(req->event_tail, 1000u) : 0;
     st->tail_pending = st->event_tail > 0;
     st->start_seq = events_hub_head(a->opts.hub);
+    if (req->follow_logs) {
+        /* The request lives as long as the call: the filter borrows it. */
+        struct api_logs_filter lf = {
+            .since_ms = req->log_since_ms,
+            .sources = (const char *const *)req->log_sources,
+            .n_sources = req->n_log_sources,
+            .min_level = req->log_min_level,
+        };
+        st->logs =
+            api_logs_watch(a, st->sandbox_id, req->log_tail_lines, &lf, watch_logs_ready, st);
+        st->log_replay_pending = true;
+    }
     /* Subscribe first, then read: a change between the two is seen twice
      * (harmless), never lost. */
     struct events_filter f = {.sandbox_id = st->sandbox_id};

@@ -372,7 +372,9 @@ static void stop_driver_done(int status, const char *message, const ProtobufCMes
         driver_failed(op, status, message);
         return;
     }
-    /* The STOPPING row is the base of the STOPPED one. */
+    /* The STOPPING row is the base of the STOPPED one. The supervisor is
+     * gone with the backend; its session (if the stream lingers) too. */
+    api_session_drop(op->a, op->id);
     op->row.phase = PHASE(STOPPING);
     write_phase(op, PHASE(STOPPED), "False", "Stopped", "Sandbox stopped", stop_written);
 }
@@ -486,6 +488,7 @@ static void delete_removed(const struct store_result *r, void *arg)
         lc_fail_store(op, r, "sandbox");
         return;
     }
+    api_logs_drop(op->a, op->id);
     reply_deleted(op, false);
 }
 
@@ -523,6 +526,7 @@ static void delete_locked(struct lc_op *op, const struct store_result *r)
         reply_deleted(op, true);
         return;
     }
+    api_session_drop(op->a, op->id);
     write_phase(op, PHASE(DELETING), "False", "Deleting", "Deleting sandbox", deleting_written);
 }
 
@@ -596,6 +600,8 @@ static void create_row_removed(const struct store_result *r, void *arg)
         log_error("api.create_cleanup_failed", LF_STR("sandbox_id", op->id),
                   LF_STR("error", r->error),
                   LF_STR("note", "reconciliation marks the record once the driver reports"));
+    else
+        api_logs_drop(op->a, op->id);
     lc_fail(op, op->fail_status, "%s", op->fail_message);
 }
 
@@ -761,6 +767,14 @@ static void create_ws_checked(struct grpc_call *call, const struct store_result 
     if (st != GRPC_STATUS_OK) {
         grpc_call_finish(call, st, err);
         return;
+    }
+    /* The sandbox's identity: the supervisor authenticates with it. */
+    uint64_t exp;
+    char *token = api_sandbox_token_mint(a, id, &exp);
+    if (token != NULL) {
+        dsb->spec->sandbox_token = grpc_call_strdup(call, token);
+        explicit_bzero(token, strlen(token));
+        free(token);
     }
     struct lc_op *op = lc_new(call, LC_CREATE);
     snprintf(op->id, sizeof(op->id), "%s", id);

@@ -107,6 +107,12 @@ void config_free(struct config *c)
     free(c->tls_key);
     free(c->tls_client_ca);
     free(c->state_dir);
+    free(c->supervisor_socket);
+    free(c->sandbox_endpoint);
+    free(c->jwt_signing_key);
+    free(c->jwt_public_key);
+    free(c->jwt_kid_file);
+    free(c->jwt_gateway_id);
     free(c->db_url);
     for (size_t i = 0; i < c->n_drivers; i++)
         free(c->drivers[i]);
@@ -472,6 +478,22 @@ static int check_sockets(struct config *c, struct load *ld)
 
     if (!socket_path_fits(c->unix_socket))
         return fail(ld, CONFIG_ERR_USAGE, "--unix-socket: path longer than %zu bytes", max);
+    /* A default too long for sun_path fails when the listener opens. */
+    if (c->supervisor_socket != NULL && !socket_path_fits(c->supervisor_socket))
+        return fail(ld, CONFIG_ERR_USAGE,
+                    "--supervisor-socket: path longer than %zu bytes (%s); choose a shorter "
+                    "--supervisor-socket or --state-dir",
+                    max, c->supervisor_socket);
+    if (c->supervisor_socket == NULL)
+        c->supervisor_socket = gw_xasprintf("%s/run/supervisor.sock", c->state_dir);
+    if (c->sandbox_endpoint == NULL)
+        c->sandbox_endpoint = gw_xasprintf("unix:%s", c->supervisor_socket);
+    if (strncmp(c->sandbox_endpoint, "unix:", 5) != 0 &&
+        strncmp(c->sandbox_endpoint, "http://", 7) != 0 &&
+        strncmp(c->sandbox_endpoint, "https://", 8) != 0)
+        return fail(ld, CONFIG_ERR_USAGE,
+                    "--sandbox-endpoint: expected unix:<path>, http://<ip>:<port> or "
+                    "https://<ip>:<port>");
     if (!socket_path_fits(c->compute_driver_socket))
         return fail(ld, CONFIG_ERR_USAGE, "--compute-driver-socket: path longer than %zu bytes",
                     max);
@@ -490,6 +512,18 @@ static int check_settings(struct config *c, struct load *ld)
     if (c->state_dir == NULL)
         return fail(ld, CONFIG_ERR_USAGE,
                     "no state directory: HOME and XDG_STATE_HOME are unset (use --state-dir)");
+    if (c->jwt_signing_key == NULL)
+        c->jwt_signing_key = gw_xasprintf("%s/jwt/signing_key.pem", c->state_dir);
+    if (c->jwt_public_key == NULL)
+        c->jwt_public_key = gw_xasprintf("%s/jwt/public_key.pem", c->state_dir);
+    if (c->jwt_kid_file == NULL)
+        c->jwt_kid_file = gw_xasprintf("%s/jwt/kid", c->state_dir);
+    if (c->jwt_gateway_id == NULL || c->jwt_gateway_id[0] == '\0' ||
+        strlen(c->jwt_gateway_id) > 128 ||
+        strspn(c->jwt_gateway_id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789._:-") != strlen(c->jwt_gateway_id))
+        return fail(ld, CONFIG_ERR_USAGE,
+                    "--jwt-gateway-id: 1 to 128 characters from A-Z a-z 0-9 . _ : -");
     rc = check_tls(c, ld);
     if (rc == 0)
         rc = check_ports(c, ld);

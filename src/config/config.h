@@ -77,6 +77,16 @@ struct config {
     struct config_driver *driver_tables;
     size_t n_driver_tables;
 
+    /* supervisors and sandbox identity */
+    char *supervisor_socket;   /* NULL: <state_dir>/run/supervisor.sock */
+    char *sandbox_endpoint;    /* NULL: unix:<supervisor_socket> */
+    char *jwt_signing_key;     /* NULL: <state_dir>/jwt/signing_key.pem */
+    char *jwt_public_key;      /* NULL: <state_dir>/jwt/public_key.pem */
+    char *jwt_kid_file;        /* NULL: <state_dir>/jwt/kid */
+    char *jwt_gateway_id;      /* default "openshell" */
+    uint32_t jwt_ttl_secs;     /* default 0 = never expires */
+    uint32_t ssh_session_ttl_secs; /* default 86400 */
+
     /* gRPC limits */
     uint32_t max_recv_msg_bytes;     /* default 4 MiB */
     uint32_t max_concurrent_streams; /* default 256 */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
+#include <malloc.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,6 +20,7 @@
 #include "drivers/driver.h"
 #include "events/events.h"
 #include "http2/grpc.h"
+#include "jwt/jwt.h"
 #include "reactor/reactor.h"
 #include "store/store.h"
 
@@ -41,6 +43,9 @@ struct gateway {
     struct ssl_ctx_st *tls;
     struct reactor_listener *tcp;
     struct reactor_listener *unix_l;
+    struct reactor_listener *sup_l; /* supervisors of local sandboxes */
+    struct jwt_keys *jwt;
+    char *jwt_issuer;
     struct gateway_http *health_http;
     struct gateway_http *metrics_http;
     struct reactor_timer *drain_timer;
@@ -107,6 +112,8 @@ static void stop_listeners(struct gateway *g)
         reactor_listener_disable(g->tcp);
     if (g->unix_l)
         reactor_listener_disable(g->unix_l);
+    if (g->sup_l)
+        reactor_listener_disable(g->sup_l);
 }
 
 static void backend_part_stopped(struct gateway *g)
@@ -281,6 +288,22 @@ static int make_dirs(const char *path)
     return rv;
 }
 
+/* Creates the parent directory of |path| (0755: sandboxes see it). */
+static int make_dirs_for(const char *path)
+{
+    char *dir = gw_xstrdup(path);
+    char *slash = strrchr(dir, '/');
+    int rv = 0;
+    if (slash != NULL && slash != dir) {
+        *slash = '\0';
+        rv = make_dirs(dir);
+        if (rv == 0)
+            (void)chmod(dir, 0755);
+    }
+    free(dir);
+    return rv;
+}
+
 static int start_listeners(struct gateway *g)
 {
     const struct config *c = &g->cfg;
@@ -305,6 +328,16 @@ static int start_listeners(struct gateway *g)
         }
         log_info("gateway.listening_unix", LF_STR("path", c->unix_socket));
     }
+    if (make_dirs_for(c->supervisor_socket) != 0 ||
+        reactor_listen_unix(g->r, c->supervisor_socket, 0660, NULL, on_accept, g, &g->sup_l) != 0) {
+        log_error("gateway.listen_failed", LF_STR("path", c->supervisor_socket),
+                  LF_STR("error", strlen(c->supervisor_socket) >= 108
+                                      ? "path too long for a Unix socket: set --supervisor-socket"
+                                      : strerror(errno)));
+        return -1;
+    }
+    log_info("gateway.listening_supervisors", LF_STR("path", c->supervisor_socket));
+    api_set_listener(g->api, c->bind_address, port, g->tls != NULL);
     if (c->health_port != 0) {
         g->health_http = gateway_http_new(reactor_base(g->r), c->bind_address, c->health_port,
                                           false, http_status, g);
@@ -440,6 +473,7 @@ static int start_driver(struct gateway *g)
         .plan = &g->plan,
         .reactor = g->r,
         .connect_timeout_ms = c->driver_connect_timeout_ms,
+        .gateway_endpoint = c->sandbox_endpoint,
         .allow_name_mismatch = c->allow_driver_name_mismatch,
         .extra_args = extra,
         .on_state = on_driver_state,
@@ -535,10 +569,28 @@ static int startup(struct gateway *g)
         .max_concurrent_streams = c->max_concurrent_streams,
     };
     g->srv = grpc_server_new(reactor_base(g->r), &so);
+    struct jwt_key_paths kp = {
+        .signing_key_path = c->jwt_signing_key,
+        .public_key_path = c->jwt_public_key,
+        .kid_path = c->jwt_kid_file,
+    };
+    g->jwt = jwt_keys_load(&kp, true, err, sizeof(err));
+    if (g->jwt == NULL) {
+        log_error("gateway.jwt_keys_failed", LF_STR("error", err));
+        fprintf(stderr, "openshell-gateway: sandbox token keys: %s\n", err);
+        return -1;
+    }
+    g->jwt_issuer = jwt_issuer(c->jwt_gateway_id);
+    log_info("gateway.jwt_keys", LF_STR("kid", jwt_keys_kid(g->jwt)),
+             LF_STR("issuer", g->jwt_issuer), LF_UINT("ttl_secs", c->jwt_ttl_secs));
     struct api_opts ao = {
         .version = PACKAGE_VERSION,
         .enable_diagnostics = c->enable_diagnostics,
         .mtls_user_auth = !c->disable_tls && c->tls_client_ca != NULL,
+        .jwt = g->jwt,
+        .jwt_issuer = g->jwt_issuer,
+        .jwt_ttl_secs = c->jwt_ttl_secs,
+        .ssh_session_ttl_secs = c->ssh_session_ttl_secs,
     };
     g->api = api_new(reactor_base(g->r), g->srv, &ao);
     if (g->api == NULL)
@@ -572,12 +624,15 @@ static void teardown(struct gateway *g)
     reactor_timer_free(g->watchdog_timer);
     reactor_listener_free(g->tcp);
     reactor_listener_free(g->unix_l);
+    reactor_listener_free(g->sup_l);
     gateway_http_free(g->health_http);
     gateway_http_free(g->metrics_http);
     grpc_server_free(g->srv);
     if (g->api)
         api_compute_free(g->api);
     api_free(g->api);
+    jwt_keys_free(g->jwt);
+    free(g->jwt_issuer);
     driver_plan_clear(&g->plan);
     if (g->tls)
         SSL_CTX_free(g->tls);
@@ -592,6 +647,11 @@ int main(int argc, char **argv)
     char err[1024];
     int code = 1;
 
+    /* Relay and HTTP/2 buffers come and go in 16-64 KiB pieces: keep them
+     * off mmap and keep freed heap instead of trimming and faulting it in
+     * again for every chunk. */
+    (void)mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
+    (void)mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
     config_init(&g.cfg);
     if (config_load(&g.cfg, argc, argv, stdout, &action, err, sizeof(err)) != 0) {
         fprintf(stderr, "openshell-gateway: %s\n", err);

@@ -202,6 +202,24 @@ extern const struct store_stmt store_ev_sequence;
 /* no parameters -> one bigint column: the last sequence number */
 extern const struct store_stmt store_ev_last;
 
+/* SSH sessions (sql/005_ssh_sessions.sql). Tokens never reach the
+ * database: every statement takes the token's SHA-256 as 64 lowercase hex
+ * digits.
+ * $1 token sha256, $2 sandbox id, $3 actor, $4 expires_at_ms ("0" = never)
+ * -> one row: 0 workspace name, 1 created_at_ms, 2 expires_at_ms (0 =
+ * never). Raises 'sandbox_not_found' (no live sandbox) or
+ * 'sandbox_not_ready' (phase not READY). */
+enum { STORE_SSH_NEW_WORKSPACE, STORE_SSH_NEW_CREATED_MS, STORE_SSH_NEW_EXPIRES_MS };
+extern const struct store_stmt store_ssh_session_create;
+/* $1 token sha256 -> no row when unknown, else 0 sandbox id, 1 workspace
+ * name, 2 revoked ("t"/"f"), 3 expires_at_ms (0 = never). */
+enum { STORE_SSH_SANDBOX_ID, STORE_SSH_WORKSPACE, STORE_SSH_REVOKED, STORE_SSH_EXPIRES_MS };
+extern const struct store_stmt store_ssh_session_get;
+/* $1 token sha256, $2 sandbox id as read before, $3 actor -> one text
+ * column: "revoked", "already_revoked", or "conflict" (gone, or not that
+ * sandbox's any more). */
+extern const struct store_stmt store_ssh_session_revoke;
+
 /* ---- embedded PostgreSQL (a private cluster under the state dir) --------- */
 
 struct store_embedded;

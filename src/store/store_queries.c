@@ -106,3 +106,16 @@ const struct store_stmt store_ev_sequence = {"ev_sequence", "SELECT gw_sequence_
                                              false};
 const struct store_stmt store_ev_last = {
     "ev_last", "SELECT last_seq FROM event_sequence WHERE singleton", 0, false};
+
+const struct store_stmt store_ssh_session_create = {
+    "ssh_session_create",
+    "SELECT workspace, created_at_ms, expires_at_ms FROM gw_ssh_session_create($1, $2::uuid, $3, "
+    "$4::bigint)",
+    4, false};
+const struct store_stmt store_ssh_session_get = {
+    "ssh_session_get",
+    "SELECT x.sandbox_id::text, w.name, x.revoked_at IS NOT NULL, gw_ms(x.expires_at) "
+    "FROM ssh_sessions x JOIN workspaces w ON w.id = x.workspace_id WHERE x.token_sha256 = $1",
+    1, false};
+const struct store_stmt store_ssh_session_revoke = {
+    "ssh_session_revoke", "SELECT gw_ssh_session_revoke($1, $2::uuid, $3)", 3, false};
