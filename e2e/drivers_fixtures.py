@@ -40,10 +40,14 @@ PROCESS_DRIVER_EXE = "openshell-driver-process"
 
 
 def backend_running(sb):
-    """The driver reports the backend ready but no supervisor session exists
-    yet: Ready=False / SupervisorNotConnected (semantics.md §8)."""
-    return any(c.type == "Ready" and c.status.lower() == "false"
-               and c.reason == "SupervisorNotConnected" for c in sb.status.conditions)
+    """The driver reports the backend ready (semantics.md §8): with a live
+    supervisor session the sandbox is READY (Ready=True / DependenciesReady,
+    the process driver's real supervisor); without one (e.g. the fake
+    driver, which runs no supervisor) Ready=False / SupervisorNotConnected."""
+    return any(c.type == "Ready" and (
+        (c.status.lower() == "false" and c.reason == "SupervisorNotConnected")
+        or (c.status.lower() == "true" and c.reason == "DependenciesReady"))
+        for c in sb.status.conditions)
 
 
 def new_token():

@@ -10,9 +10,10 @@ Create -> list/get -> backend running -> stop -> start -> delete, against
 and the lifecycle events this produces (openshell.events.v1 Subscribe and
 WatchSandbox follow_events).
 
-Without supervisor sessions (a later issue) nothing becomes READY: "backend
-running" is the Ready=False / SupervisorNotConnected condition the gateway
-derives from the driver's Ready=True (semantics.md §8). Each sandbox command
+"Backend running" is READY once the sandbox's supervisor holds its session
+(the process driver), or the Ready=False / SupervisorNotConnected condition
+the gateway derives from the driver's Ready=True when no supervisor connects
+(the fake driver; semantics.md §8). Each sandbox command
 ends in `sleep <unique number>`, which is how its process is found in /proc.
 """
 
@@ -47,9 +48,12 @@ def phase(pb, name):
     return pb.SandboxPhase.Value("SANDBOX_PHASE_" + name)
 
 
-def run_lifecycle(env, api, sandboxes_dir, name="life"):
+def run_lifecycle(env, api, sandboxes_dir, name="life", session=True):
     """The whole lifecycle of one sandbox through the public API; checks the
-    driver's side effects under |sandboxes_dir| (<driver state>/sandboxes)."""
+    driver's side effects under |sandboxes_dir| (<driver state>/sandboxes).
+    |session|: the driver hands its supervisors the gateway's endpoint (a
+    managed driver does), so the sandbox becomes READY; a driver started
+    without --gateway-endpoint only gets to "backend running"."""
     pb = env.pb
     token = new_token()
     env.track(token=token)
@@ -68,10 +72,15 @@ def run_lifecycle(env, api, sandboxes_dir, name="life"):
     got = api.GetSandbox(name=name).sandbox
     assert got.metadata.id == sid
 
-    # Backend running: the process driver reports Ready=True.
+    # Backend running: the process driver reports Ready=True; with the
+    # sandbox's supervisor holding its session the sandbox is READY.
     w = env.watch(api, id=sid, follow_status=True)
-    _, snap = w.wait_sandbox(backend_running, "backend running (SupervisorNotConnected)")
-    assert snap.status.phase == phase(pb, "PROVISIONING"), snap.status
+    if session:
+        _, snap = w.wait_sandbox(lambda sb: sb.status.phase == phase(pb, "READY"), "READY")
+    else:
+        _, snap = w.wait_sandbox(backend_running, "backend running")
+        assert snap.status.phase == phase(pb, "PROVISIONING"), snap.status
+    assert backend_running(snap), snap.status
     assert snap.status.agent_pod, f"driver instance id missing from agent_pod: {snap.status}"
 
     hello = sandboxes_dir / sid / "workdir" / "hello"
@@ -172,7 +181,7 @@ def test_lifecycle_remote_endpoint(env, how):
     assert ready.get("socket") == str(drv.socket), ready
     assert gw.find_event("driver.spawned") is None, "an unmanaged driver was spawned"
 
-    sid, token = run_lifecycle(env, api, state / "sandboxes")
+    sid, token = run_lifecycle(env, api, state / "sandboxes", session=False)
 
     assert gw.stop() == 0
     # The endpoint is operator-owned: the gateway leaves it running.

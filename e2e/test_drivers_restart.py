@@ -87,11 +87,11 @@ def test_restart_keeps_sandboxes_running(env):
         hello = sandboxes / sid / "workdir" / "hello"
         wait_until(lambda: hello.exists() and hello.read_text() == "hi\nhi\n", WAIT,
                    interval=0.05, what=f"{n}: started again after the restart")
-        wait_until(lambda: backend_running(api2.GetSandbox(name=n).sandbox), WAIT,
-                   interval=0.1, what=f"{n}: backend running after the restart")
+        wait_until(lambda: api2.GetSandbox(name=n).sandbox.status.phase == phase(pb, "READY"),
+                   WAIT, interval=0.1, what=f"{n}: READY again after the restart")
         sb = api2.GetSandbox(name=n).sandbox
         assert sb.metadata.id == sid
-        assert sb.status.phase == phase(pb, "PROVISIONING"), sb.status
+        assert sb.status.phase == phase(pb, "READY"), sb.status
         # hello is written before `sleep` starts: wait for it, then make sure
         # there is exactly one (no copy left over from before the restart).
         wait_until(lambda: procs_with_arg(token), WAIT, interval=0.05,
