@@ -2,6 +2,7 @@
 #include "api/api.h"
 
 #include <stdio.h>
+#include <string.h>
 
 #include "api/api_int.h"
 #include "store/store.h"
@@ -98,4 +99,22 @@ void api_detached_cancel(struct grpc_call *call)
     }
     /* Nothing attached yet: still authorizing or resolving through api_query. */
     api_query_cancel(call);
+}
+
+const char *api_quote(struct api_quoted *q, const char *s)
+{
+    size_t o = 0, i;
+    for (i = 0; s[i] != '\0' && i < API_QUOTE_MAX; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c >= 0x7f || c == '\'' || c == '\\')
+            o += (size_t)snprintf(q->s + o, sizeof(q->s) - o, "\\x%02x", c);
+        else
+            q->s[o++] = (char)c;
+    }
+    if (s[i] != '\0') {
+        memcpy(q->s + o, "...", 3);
+        o += 3;
+    }
+    q->s[o] = '\0';
+    return q->s;
 }

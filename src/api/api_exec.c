@@ -44,33 +44,7 @@ static int invalid(char *err, size_t errlen, const char *fmt, ...)
     return GRPC_STATUS_INVALID_ARGUMENT;
 }
 
-#define QUOTE_MAX 64 /* caller bytes shown in a message before "..." */
-
-struct quoted {
-    char s[QUOTE_MAX * 4 + 4];
-};
-
-/* Caller text made safe for a one-line message: control bytes, quotes,
- * backslashes and non-ASCII as \xNN, cut after QUOTE_MAX bytes. */
-static const char *quote(struct quoted *q, const char *s)
-{
-    size_t o = 0, i;
-    for (i = 0; s[i] != '\0' && i < QUOTE_MAX; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c >= 0x7f || c == '\'' || c == '\\')
-            o += (size_t)snprintf(q->s + o, sizeof(q->s) - o, "\\x%02x", c);
-        else
-            q->s[o++] = (char)c;
-    }
-    if (s[i] != '\0') {
-        memcpy(q->s + o, "...", 3);
-        o += 3;
-    }
-    q->s[o] = '\0';
-    return q->s;
-}
-
-#define Q(s) quote(&(struct quoted){{0}}, (s))
+#define Q(s) API_QUOTE(s)
 
 /* ---- validation -------------------------------------------------------------------------- */
 

@@ -89,6 +89,16 @@ bool api_store_unavailable(struct grpc_call *call);
 const char *api_workspace_name(const char *w);
 /* Page size from a request limit: 0 -> 100, capped at 1000. */
 unsigned api_page_limit(uint32_t limit);
+/* Caller text made safe for a one-line error message: control, quote,
+ * backslash and non-ASCII bytes as \xNN, cut after API_QUOTE_MAX bytes
+ * with "...". Returns |q|'s buffer. API_QUOTE(s) uses a temporary that
+ * lives until the end of the full expression (e.g. a snprintf call). */
+#define API_QUOTE_MAX 64
+struct api_quoted {
+    char s[API_QUOTE_MAX * 4 + 4];
+};
+const char *api_quote(struct api_quoted *q, const char *s);
+#define API_QUOTE(s) api_quote(&(struct api_quoted){{0}}, (s))
 /* Writes decimal |v| into |buf| (>= 24 bytes) and returns it. */
 const char *api_u64(char *buf, uint64_t v);
 

@@ -103,33 +103,7 @@ static int invalid(char *err, size_t errlen, const char *fmt, ...)
     return GRPC_STATUS_INVALID_ARGUMENT;
 }
 
-#define QUOTE_MAX 64 /* input bytes shown before "..." */
-
-struct quoted {
-    char s[QUOTE_MAX * 4 + 4];
-};
-
-/* Caller text made safe for a one-line message: control, quote, backslash
- * and non-ASCII bytes as \xNN, long text cut with "...". */
-static const char *quote(struct quoted *q, const char *s)
-{
-    size_t o = 0, i;
-    for (i = 0; s[i] != '\0' && i < QUOTE_MAX; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c < 0x20 || c >= 0x7f || c == '\'' || c == '\\')
-            o += (size_t)snprintf(q->s + o, sizeof(q->s) - o, "\\x%02x", c);
-        else
-            q->s[o++] = (char)c;
-    }
-    if (s[i] != '\0') {
-        memcpy(q->s + o, "...", 3);
-        o += 3;
-    }
-    q->s[o] = '\0';
-    return q->s;
-}
-
-#define Q(s) quote(&(struct quoted){{0}}, (s))
+#define Q(s) API_QUOTE(s)
 
 static const char *str0(const char *s)
 {
