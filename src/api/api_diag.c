@@ -26,6 +26,7 @@ struct diag_job {
     size_t size;
     /* Delay */
     struct event *timer;
+    uint64_t due_us; /* started_us + the requested delay */
     uint64_t started_us;
 };
 
@@ -161,8 +162,16 @@ static void collect_done(struct grpc_call *call)
 static void delay_fire(evutil_socket_t fd, short what, void *arg)
 {
     struct diag_job *j = arg;
+    uint64_t now = gw_clock_mono_us();
+    if (now < j->due_us) {
+        /* libevent may fire a timer up to a clock tick early: wait the rest. */
+        uint64_t left = j->due_us - now;
+        struct timeval tv = {(time_t)(left / 1000000), (suseconds_t)(left % 1000000)};
+        evtimer_add(j->timer, &tv);
+        return;
+    }
     Openshell__Diag__V1__DelayResponse resp = OPENSHELL__DIAG__V1__DELAY_RESPONSE__INIT;
-    resp.waited_ms = (uint32_t)((gw_clock_mono_us() - j->started_us) / 1000);
+    resp.waited_ms = (uint32_t)((now - j->started_us) / 1000);
     struct grpc_call *call = j->call;
     job_free(j);
     grpc_call_reply(call, &resp.base);
@@ -173,6 +182,7 @@ static void delay_start(struct grpc_call *call, void *msg)
     Openshell__Diag__V1__DelayRequest *req = msg;
     struct diag_job *j = job_new(call);
     j->started_us = gw_clock_mono_us();
+    j->due_us = j->started_us + (uint64_t)req->delay_ms * 1000;
     j->timer = evtimer_new(j->api->base, delay_fire, j);
     struct timeval tv = {req->delay_ms / 1000, (req->delay_ms % 1000) * 1000};
     evtimer_add(j->timer, &tv);
