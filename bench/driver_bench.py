@@ -53,7 +53,8 @@ sys.path.insert(0, str(REPO / "e2e"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from events_bench import (  # noqa: E402
-    CpuMeter, durable_postgres, fmt, med, pct, proc_cpu_s, run_until_signal)
+    CpuMeter, durable_postgres, fmt, med, pct, proc_cpu_s, run_until_signal,
+    stop_bench_processes)
 
 
 def env_int(name, default):
@@ -143,24 +144,7 @@ class Bench:
         return drv
 
     def stop_all(self):
-        for gw in self.gateways:
-            try:
-                if gw.running:
-                    self.stop_gateway(gw)
-            except Exception as e:  # noqa: BLE001
-                log(f"stopping {gw.name}: {e}")
-        for drv in self.fakes:
-            drv.stop()
-        if self.pg is not None:
-            self.pg.stop()
-            if not KEEP:
-                shutil.rmtree(self.pg.basedir, ignore_errors=True)
-        if self.pg_lock is not None:
-            self.pg_lock.release()
-        if not KEEP:
-            shutil.rmtree(self.work, ignore_errors=True)
-        else:
-            log(f"work directory kept: {self.work}")
+        stop_bench_processes(self, KEEP, log)
 
     # -- (a) create-to-running latency ----------------------------------------
 

@@ -1290,6 +1290,29 @@ class Bench:
         log(f"wrote {OUT}" + (f" and {JSON_OUT}" if JSON_OUT else ""))
 
 
+def stop_bench_processes(h, keep, log):
+    """Stops what a benchmark harness |h| started (its .gateways, .fakes,
+    .pg, .pg_lock and .work), gateways first; |keep| leaves the files."""
+    for gw in h.gateways:
+        try:
+            if gw.running:
+                h.stop_gateway(gw)
+        except Exception as e:  # noqa: BLE001
+            log(f"stopping {gw.name}: {e}")
+    for drv in h.fakes:
+        drv.stop()
+    if h.pg is not None:
+        h.pg.stop()
+        if not keep:
+            shutil.rmtree(h.pg.basedir, ignore_errors=True)
+    if h.pg_lock is not None:
+        h.pg_lock.release()
+    if not keep:
+        shutil.rmtree(h.work, ignore_errors=True)
+    else:
+        log(f"work directory kept: {h.work}")
+
+
 def run_until_signal(bench):
     """Runs |bench| (run(), then stop_all() whatever happens; SIGTERM
     stops it like ^C). Shared with driver_bench.py."""

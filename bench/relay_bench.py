@@ -82,7 +82,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "e2e"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from events_bench import durable_postgres, fmt, run_until_signal  # noqa: E402
+from events_bench import (  # noqa: E402
+    durable_postgres, fmt, run_until_signal, stop_bench_processes)
 
 
 def env_int(name, default):
@@ -226,24 +227,7 @@ class Bench:
         return drv
 
     def stop_all(self):
-        for gw in self.gateways:
-            try:
-                if gw.running:
-                    self.stop_gateway(gw)
-            except Exception as e:  # noqa: BLE001
-                log(f"stopping {gw.name}: {e}")
-        for drv in self.fakes:
-            drv.stop()
-        if self.pg is not None:
-            self.pg.stop()
-            if not KEEP:
-                shutil.rmtree(self.pg.basedir, ignore_errors=True)
-        if self.pg_lock is not None:
-            self.pg_lock.release()
-        if not KEEP:
-            shutil.rmtree(self.work, ignore_errors=True)
-        else:
-            log(f"work directory kept: {self.work}")
+        stop_bench_processes(self, KEEP, log)
 
     # -- the load generator ------------------------------------------------------
 
