@@ -251,8 +251,12 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
     return -1;
 }
 
-static EVP_PKEY *load_private_key(const char *path, char *err, size_t errlen)
+/* Reads an Ed25519 key from the PEM file |path|: a PKCS#8 private key
+ * (|private_key|; the file's bytes are wiped after parsing) or an SPKI
+ * public key. */
+static EVP_PKEY *load_key(const char *path, bool private_key, char *err, size_t errlen)
 {
+    const char *what = private_key ? "signing key" : "public key";
     char *pem = NULL;
     size_t len = 0;
 
@@ -261,41 +265,20 @@ static EVP_PKEY *load_private_key(const char *path, char *err, size_t errlen)
     BIO *bio = BIO_new_mem_buf(pem, (int)len);
     if (bio == NULL)
         gw_panic(__FILE__, __LINE__, "BIO_new_mem_buf failed (out of memory)");
-    EVP_PKEY *pk = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
+    EVP_PKEY *pk = private_key ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL)
+                               : PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
     BIO_free(bio);
-    OPENSSL_clear_free(pem, len + 1);
+    if (private_key)
+        OPENSSL_clear_free(pem, len + 1);
+    else
+        free(pem);
     if (pk == NULL) {
-        set_err(err, errlen, "%s: not an unencrypted PEM private key (%s)", path, ossl_reason());
+        set_err(err, errlen, "%s: not %s (%s)", path,
+                private_key ? "an unencrypted PEM private key" : "a PEM public key", ossl_reason());
         return NULL;
     }
     if (EVP_PKEY_get_id(pk) != EVP_PKEY_ED25519) {
-        set_err(err, errlen, "%s: signing key is %s, not Ed25519", path,
-                EVP_PKEY_get0_type_name(pk) ? EVP_PKEY_get0_type_name(pk) : "of another type");
-        EVP_PKEY_free(pk);
-        return NULL;
-    }
-    return pk;
-}
-
-static EVP_PKEY *load_public_key(const char *path, char *err, size_t errlen)
-{
-    char *pem = NULL;
-    size_t len = 0;
-
-    if (read_small_file(path, &pem, &len, err, errlen) != 0)
-        return NULL;
-    BIO *bio = BIO_new_mem_buf(pem, (int)len);
-    if (bio == NULL)
-        gw_panic(__FILE__, __LINE__, "BIO_new_mem_buf failed (out of memory)");
-    EVP_PKEY *pk = PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
-    BIO_free(bio);
-    free(pem);
-    if (pk == NULL) {
-        set_err(err, errlen, "%s: not a PEM public key (%s)", path, ossl_reason());
-        return NULL;
-    }
-    if (EVP_PKEY_get_id(pk) != EVP_PKEY_ED25519) {
-        set_err(err, errlen, "%s: public key is %s, not Ed25519", path,
+        set_err(err, errlen, "%s: %s is %s, not Ed25519", path, what,
                 EVP_PKEY_get0_type_name(pk) ? EVP_PKEY_get0_type_name(pk) : "of another type");
         EVP_PKEY_free(pk);
         return NULL;
@@ -350,10 +333,10 @@ static struct jwt_keys *load_key_set(const struct jwt_key_paths *p, char *err, s
     uint8_t priv_pub[ED25519_RAW_LEN];
     size_t n1 = sizeof(priv_pub), n2 = sizeof(k->pub_raw);
 
-    k->priv = load_private_key(p->signing_key_path, err, errlen);
+    k->priv = load_key(p->signing_key_path, true, err, errlen);
     if (k->priv == NULL)
         goto fail;
-    k->pub = load_public_key(p->public_key_path, err, errlen);
+    k->pub = load_key(p->public_key_path, false, err, errlen);
     if (k->pub == NULL)
         goto fail;
     if (EVP_PKEY_get_raw_public_key(k->priv, priv_pub, &n1) != 1 ||
