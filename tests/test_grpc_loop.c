@@ -420,6 +420,26 @@ static void test_backpressure_bounds_buffering(void **state)
     run_until(cancelled);
 }
 
+/* A receiver paused while the server finishes: every message is still
+ * delivered before on_done (the trailers must not overtake held data). */
+static void test_paused_stream_end_delivers_all(void **state)
+{
+    Openshell__Diag__V1__StreamRequest r = OPENSHELL__DIAG__V1__STREAM_REQUEST__INIT;
+    r.count = 8;
+    r.size = 65536;
+    struct grpc_ccall *cc = grpc_channel_unary(F->ch, "/t.T/Stream", &r.base,
+                                               &openshell__diag__v1__stream_chunk__descriptor,
+                                               NULL, 0, on_msg, on_done, NULL);
+    grpc_ccall_pause_recv(cc, true);
+    for (int i = 0; i < 400 && !F->done; i++)
+        event_base_loop(F->base, EVLOOP_NONBLOCK);
+    if (!F->done)
+        grpc_ccall_pause_recv(cc, false);
+    run_until(is_done);
+    assert_int_equal(F->done_status, GRPC_STATUS_OK);
+    assert_int_equal(F->msgs, 8);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -436,6 +456,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_oversize_request_resource_exhausted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_decode_bomb_refused_not_buffered, setup, teardown),
         cmocka_unit_test_setup_teardown(test_backpressure_bounds_buffering, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_paused_stream_end_delivers_all, setup, teardown),
     };
     log_set_level(LOG_WARN);
     return cmocka_run_group_tests(tests, NULL, NULL);

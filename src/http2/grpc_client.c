@@ -45,6 +45,7 @@ struct grpc_ccall {
     bool full;                 /* GRPC_SEND_FULL returned, on_writable not yet run */
     struct event *writable_ev; /* runs on_writable from the loop */
     bool paused;
+    bool ending;   /* the stream ended: held messages are delivered despite |paused| */
     bool done;     /* on_done delivered (or cancelled): no more callbacks */
     bool detached; /* no longer attached to the stream */
     int depth;     /* callbacks in progress: free is deferred */
@@ -137,10 +138,38 @@ static void finish_from_trailers(struct grpc_ccall *cc)
                msg);
 }
 
+static size_t c_feed(struct grpc_ccall *cc, const uint8_t *data, size_t len);
+
+/* The stream ended while grpc_ccall_pause_recv() held messages back:
+ * delivers them now, paused or not, so none is lost. They are at most a
+ * stream window of bytes (never consumed, so never acknowledged). Returns
+ * false when the call is finished (and freed if no callback is running):
+ * the caller must not touch |cc| then. */
+static bool deliver_held(struct grpc_ccall *cc)
+{
+    cc->ending = true;
+    cc->depth++;
+    while (cc->in != NULL && evbuffer_get_length(cc->in) > 0 && !cc->done) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(cc->in, -1, NULL, &v, 1) < 1)
+            break;
+        size_t used = c_feed(cc, v.iov_base, v.iov_len);
+        evbuffer_drain(cc->in, used);
+        if (!cc->detached)
+            h2_conn_consume(cc->ch->h2, &cc->st, used);
+    }
+    cc->depth--;
+    if (!cc->done)
+        return true;
+    if (cc->depth == 0)
+        ccall_free(cc);
+    return false;
+}
+
 static int c_on_headers_done(struct h2_stream *st, enum h2_headers_kind kind, bool end_stream)
 {
     struct grpc_ccall *cc = (struct grpc_ccall *)st;
-    if (end_stream && !cc->done) {
+    if (end_stream && !cc->done && deliver_held(cc)) {
         if (cc->deframer.hdr_have > 0 && cc->status == GRPC_STATUS_OK) {
             ccall_done(cc, GRPC_STATUS_INTERNAL, "truncated response message");
             return 0;
@@ -182,7 +211,7 @@ static bool deliver(struct grpc_ccall *cc)
 static size_t c_feed(struct grpc_ccall *cc, const uint8_t *data, size_t len)
 {
     size_t off = 0;
-    while (off < len && !cc->done && !cc->paused) {
+    while (off < len && !cc->done && (!cc->paused || cc->ending)) {
         size_t used;
         int rv = grpc_deframer_feed(&cc->deframer, data + off, len - off, &used);
         off += used;
@@ -234,7 +263,7 @@ static int c_on_end_stream(struct h2_stream *st)
 {
     /* DATA with END_STREAM and no trailers: a broken server. */
     struct grpc_ccall *cc = (struct grpc_ccall *)st;
-    if (!cc->done)
+    if (!cc->done && deliver_held(cc))
         finish_from_trailers(cc);
     return 0;
 }
@@ -244,6 +273,8 @@ static void c_on_close(struct h2_stream *st, uint32_t error_code)
     struct grpc_ccall *cc = (struct grpc_ccall *)st;
     cc->detached = true;
     if (!cc->done) {
+        if (cc->status >= 0 && !deliver_held(cc))
+            return;
         if (cc->status >= 0)
             ccall_done(cc, cc->status, cc->message);
         else if (error_code == NGHTTP2_REFUSED_STREAM)
