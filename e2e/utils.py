@@ -287,6 +287,9 @@ def gateway_env(workdir, extra=None):
         path = workdir / sub
         path.mkdir(parents=True, exist_ok=True)
         env[var] = str(path)
+    # The local TLS bundle (generate-certs): a path that never exists unless
+    # the test names one, so a bundle on the machine is never picked up.
+    env["OPENSHELL_LOCAL_TLS_DIR"] = str(workdir / "no-local-tls")
     if extra:
         env.update({k: str(v) for k, v in extra.items()})
     return env

@@ -149,4 +149,10 @@ void api_end_streams(struct api *a);
 /* The authenticated caller of |call|; never NULL inside a handler. */
 const struct api_principal *api_call_principal(const struct grpc_call *call);
 
+/* Counts for /metrics: live supervisor sessions, open relay channels and
+ * live ForwardTcp calls. */
+unsigned api_sessions_live(const struct api *a);
+unsigned api_relays_open(const struct api *a);
+unsigned api_forwards_live(const struct api *a);
+
 #endif /* GW_API_H */

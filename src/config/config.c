@@ -78,6 +78,18 @@ static char *xdg_path(const char *var, const char *home_rel, const char *suffix)
     return gw_xasprintf("%s/%s/%s", home, home_rel, suffix);
 }
 
+char *config_local_tls_dir(void)
+{
+    const char *dir = getenv("OPENSHELL_LOCAL_TLS_DIR");
+
+    if (dir != NULL && dir[0] != '\0')
+        return gw_xstrdup(dir);
+    /* Same split as the state directory: root is a system service. */
+    if (geteuid() == 0 && getenv("XDG_STATE_HOME") == NULL)
+        return gw_xstrdup("/var/lib/openshell/tls");
+    return xdg_path("XDG_STATE_HOME", ".local/state", "openshell/tls");
+}
+
 void config_init(struct config *c)
 {
     memset(c, 0, sizeof(*c));
@@ -102,10 +114,13 @@ void config_free(struct config *c)
 {
     free(c->config_path);
     free(c->bind_address);
+    free(c->metrics_address);
     free(c->unix_socket);
     free(c->tls_cert);
     free(c->tls_key);
     free(c->tls_client_ca);
+    free(c->tls_bundle_dir);
+    free(c->jwt_bundle_dir);
     free(c->state_dir);
     free(c->supervisor_socket);
     free(c->sandbox_endpoint);
@@ -429,6 +444,11 @@ static int check_tls(struct config *c, struct load *ld)
 {
     if (c->disable_tls)
         return 0;
+    if (c->tls_cert == NULL && c->tls_key == NULL)
+        return fail(ld, CONFIG_ERR_USAGE,
+                    "TLS is enabled but --tls-cert and --tls-key are not both set and there is "
+                    "no local TLS bundle (run `openshell-gateway generate-certs` to create one, "
+                    "set --tls-cert and --tls-key, or use --disable-tls)");
     if (c->tls_cert == NULL || c->tls_key == NULL)
         return fail(ld, CONFIG_ERR_USAGE,
                     "TLS is enabled but --tls-cert and --tls-key are not both set "
@@ -436,6 +456,114 @@ static int check_tls(struct config *c, struct load *ld)
     if (c->tls_require_client_cert && c->tls_client_ca == NULL)
         return fail(ld, CONFIG_ERR_USAGE, "--tls-require-client-cert needs --tls-client-ca");
     return 0;
+}
+
+/* ---- the local TLS bundle (semantics.md "Local bundle auto-detection") ------------------ */
+
+const char *const config_local_tls_files[CONFIG_LOCAL_TLS_FILES] = {
+    "ca.crt", "server/tls.crt", "server/tls.key", "client/tls.crt", "client/tls.key",
+};
+const char *const config_local_jwt_files[CONFIG_LOCAL_JWT_FILES] = {
+    "jwt/signing.pem",
+    "jwt/public.pem",
+    "jwt/kid",
+};
+
+/* How many of the |n| |files| exist under |dir|; the missing ones are
+ * appended to |missing| as a comma list. */
+static size_t probe_bundle(const char *dir, const char *const *files, size_t n,
+                           struct gw_buf *missing)
+{
+    size_t found = 0;
+    struct stat st;
+
+    for (size_t i = 0; i < n; i++) {
+        char *p = gw_xasprintf("%s/%s", dir, files[i]);
+        if (stat(p, &st) == 0)
+            found++;
+        else
+            gw_buf_appendf(missing, "%s%s", missing->len > 0 ? ", " : "", files[i]);
+        free(p);
+    }
+    return found;
+}
+
+/* With TLS on and neither certificate nor key set anywhere, the bundle's
+ * server certificate and key serve, and its CA verifies client
+ * certificates (required at the handshake unless
+ * --tls-require-client-cert says otherwise: upstream requires mTLS when a
+ * client CA is set and no OIDC issuer is, and this gateway has no OIDC). */
+static int apply_tls_bundle(struct config *c, struct load *ld, const char *dir)
+{
+    const struct config_option *req = config_option_by_name("tls_require_client_cert");
+    struct gw_buf missing = {0};
+    size_t n;
+    int rc = 0;
+
+    if (c->disable_tls || c->tls_cert != NULL || c->tls_key != NULL)
+        return 0;
+    n = probe_bundle(dir, config_local_tls_files, CONFIG_LOCAL_TLS_FILES, &missing);
+    if (n > 0 && n < CONFIG_LOCAL_TLS_FILES) {
+        rc = fail(ld, CONFIG_ERR_USAGE,
+                  "local TLS bundle %s is incomplete: missing %s (restore the missing files, "
+                  "or move the directory away and run `openshell-gateway generate-certs`, or "
+                  "set --tls-cert and --tls-key)",
+                  dir, gw_buf_cstr(&missing));
+    } else if (n == CONFIG_LOCAL_TLS_FILES) {
+        c->tls_cert = gw_xasprintf("%s/%s", dir, config_local_tls_files[CONFIG_LOCAL_SERVER_CRT]);
+        c->tls_key = gw_xasprintf("%s/%s", dir, config_local_tls_files[CONFIG_LOCAL_SERVER_KEY]);
+        if (c->tls_client_ca == NULL) {
+            c->tls_client_ca =
+                gw_xasprintf("%s/%s", dir, config_local_tls_files[CONFIG_LOCAL_CA_CRT]);
+            if (ld->src[option_index(req)] == SRC_DEFAULT)
+                c->tls_require_client_cert = true;
+        }
+        c->tls_bundle_dir = gw_xstrdup(dir);
+    }
+    gw_buf_free(&missing);
+    return rc;
+}
+
+/* Sandbox-token keys named nowhere come from the bundle when it has all three. */
+static int apply_jwt_bundle(struct config *c, struct load *ld, const char *dir)
+{
+    struct gw_buf missing = {0};
+    size_t n;
+    int rc = 0;
+
+    if (c->jwt_signing_key != NULL || c->jwt_public_key != NULL || c->jwt_kid_file != NULL)
+        return 0;
+    n = probe_bundle(dir, config_local_jwt_files, CONFIG_LOCAL_JWT_FILES, &missing);
+    if (n > 0 && n < CONFIG_LOCAL_JWT_FILES) {
+        rc = fail(ld, CONFIG_ERR_USAGE,
+                  "local TLS bundle %s has an incomplete sandbox token key set: missing %s "
+                  "(restore the missing files, remove the rest of %s/jwt, or set "
+                  "--jwt-signing-key, --jwt-public-key and --jwt-kid-file)",
+                  dir, gw_buf_cstr(&missing), dir);
+    } else if (n == CONFIG_LOCAL_JWT_FILES) {
+        c->jwt_signing_key =
+            gw_xasprintf("%s/%s", dir, config_local_jwt_files[CONFIG_LOCAL_JWT_SIGNING]);
+        c->jwt_public_key =
+            gw_xasprintf("%s/%s", dir, config_local_jwt_files[CONFIG_LOCAL_JWT_PUBLIC]);
+        c->jwt_kid_file = gw_xasprintf("%s/%s", dir, config_local_jwt_files[CONFIG_LOCAL_JWT_KID]);
+        c->jwt_bundle_dir = gw_xstrdup(dir);
+    }
+    gw_buf_free(&missing);
+    return rc;
+}
+
+static int apply_local_bundle(struct config *c, struct load *ld)
+{
+    char *dir = config_local_tls_dir();
+    int rc = 0;
+
+    if (dir == NULL)
+        return 0;
+    rc = apply_tls_bundle(c, ld, dir);
+    if (rc == 0)
+        rc = apply_jwt_bundle(c, ld, dir);
+    free(dir);
+    return rc;
 }
 
 /* The extra listeners must not collide with the main one or each other;
@@ -512,6 +640,9 @@ static int check_settings(struct config *c, struct load *ld)
     if (c->state_dir == NULL)
         return fail(ld, CONFIG_ERR_USAGE,
                     "no state directory: HOME and XDG_STATE_HOME are unset (use --state-dir)");
+    rc = apply_local_bundle(c, ld);
+    if (rc != 0)
+        return rc;
     if (c->jwt_signing_key == NULL)
         c->jwt_signing_key = gw_xasprintf("%s/jwt/signing_key.pem", c->state_dir);
     if (c->jwt_public_key == NULL)

@@ -53,6 +53,7 @@ struct config {
     uint16_t port;         /* default 17670; 0 = any free port */
     uint16_t health_port;  /* 0 = off */
     uint16_t metrics_port; /* 0 = off */
+    char *metrics_address; /* numeric IP of the /metrics listener, default "127.0.0.1" */
     char *unix_socket;     /* extra Unix-socket listener (h2c), NULL = none */
 
     /* TLS */
@@ -61,6 +62,8 @@ struct config {
     char *tls_key;
     char *tls_client_ca;
     bool tls_require_client_cert; /* with a client CA: refuse clients without one */
+    char *tls_bundle_dir;         /* local bundle the TLS files came from, or NULL */
+    char *jwt_bundle_dir;         /* local bundle the sandbox-token keys came from, or NULL */
 
     /* logging */
     enum log_level log_level;
@@ -117,6 +120,34 @@ int config_load(struct config *c, int argc, char **argv, FILE *out, enum config_
 /* Re-reads the settings that SIGHUP may change (log level and format, TLS
  * file paths) into |c| from the same sources. On error |c| is unchanged. */
 int config_reload(struct config *c, int argc, char **argv, char *err, size_t errlen) GW_MUSTCHECK;
+
+/* The local TLS bundle directory shared by openshell-gateway (generate-certs,
+ * auto-detection) and the openshell CLI: $OPENSHELL_LOCAL_TLS_DIR, else
+ * /var/lib/openshell/tls for root without XDG_STATE_HOME, else
+ * $XDG_STATE_HOME/openshell/tls (default ~/.local/state). Layout: ca.crt,
+ * server/tls.{crt,key}, client/tls.{crt,key}, jwt/{signing.pem,public.pem,kid}
+ * (plus ca.key, 0600, kept only for issuing more certificates). Caller frees;
+ * NULL when HOME is unset too. */
+char *config_local_tls_dir(void);
+
+/* The bundle's files, relative to its directory, in this order: the TLS
+ * set (all five or none) and the sandbox-token key set (all three or none). */
+#define CONFIG_LOCAL_TLS_FILES 5
+#define CONFIG_LOCAL_JWT_FILES 3
+enum {
+    CONFIG_LOCAL_CA_CRT = 0, /* ca.crt */
+    CONFIG_LOCAL_SERVER_CRT, /* server/tls.crt */
+    CONFIG_LOCAL_SERVER_KEY, /* server/tls.key */
+    CONFIG_LOCAL_CLIENT_CRT, /* client/tls.crt */
+    CONFIG_LOCAL_CLIENT_KEY, /* client/tls.key */
+};
+enum {
+    CONFIG_LOCAL_JWT_SIGNING = 0, /* jwt/signing.pem */
+    CONFIG_LOCAL_JWT_PUBLIC,      /* jwt/public.pem */
+    CONFIG_LOCAL_JWT_KID,         /* jwt/kid */
+};
+extern const char *const config_local_tls_files[CONFIG_LOCAL_TLS_FILES];
+extern const char *const config_local_jwt_files[CONFIG_LOCAL_JWT_FILES];
 
 /* Normalizes a driver name in place semantics: trimmed, ASCII lower-cased;
  * only letters, digits, '-' and '_' allowed. Returns a new string (caller

@@ -36,10 +36,15 @@ const struct config_option config_options[] = {
      .help = "Port of the plain-HTTP health listener (/healthz, /readyz); 0 = off. "
              "In the file, the port part of health_bind_address = \"ip:port\"."},
     {.name = "metrics_port", .flag = "--metrics-port", .env = "OPENSHELL_METRICS_PORT",
-     .key = "openshell.gateway.metrics_bind_address", .type = CT_PORT, .addr_key = true,
-     .off = OFF(metrics_port), .arg = "<port>", .def = "0",
+     .type = CT_PORT, .off = OFF(metrics_port), .arg = "<port>", .def = "0",
      .help = "Port of the plain-HTTP /metrics listener; 0 = off. "
              "In the file, the port part of metrics_bind_address = \"ip:port\"."},
+    {.name = "metrics_bind_address", .flag = "--metrics-bind-address",
+     .env = "OPENSHELL_METRICS_BIND_ADDRESS", .key = "openshell.gateway.metrics_bind_address",
+     .type = CT_IP, .addr_key = true, .off = OFF(metrics_address), .port_off = OFF(metrics_port),
+     .arg = "<ip>", .def = "127.0.0.1",
+     .help = "Numeric IP of the /metrics listener (unauthenticated: keep it on loopback or a "
+             "private network). In the file it is \"ip:port\" and sets --metrics-port too."},
     {.name = "unix_socket", .flag = "--unix-socket", .env = "OPENSHELL_UNIX_SOCKET",
      .key = "openshell.gateway.unix_socket", .type = CT_STRING, .off = OFF(unix_socket),
      .arg = "<path>",
@@ -688,12 +693,14 @@ static void print_option_help(FILE *out, const struct config_option *o)
 void config_print_help(FILE *out, const char *prog)
 {
     fprintf(out,
-            "Usage: %s [OPTIONS]\n\n"
+            "Usage: %s [OPTIONS]\n"
+            "       %s generate-certs [--output-dir DIR] [--san NAME]...\n\n"
             "OpenShell-compatible gateway. Each setting comes from its flag, else its\n"
             "OPENSHELL_* environment variable, else the TOML file, else its default.\n"
             "Flags take \"--flag value\" or \"--flag=value\"; booleans also \"--flag\" alone.\n"
-            "[reloadable] settings are re-read on SIGHUP.\n\nOptions:\n",
-            prog);
+            "[reloadable] settings are re-read on SIGHUP. generate-certs creates the local\n"
+            "TLS bundle the gateway uses when no --tls-cert/--tls-key is set.\n\nOptions:\n",
+            prog, prog);
     for (size_t i = 0; i < config_options_len; i++)
         if (config_options[i].flag != NULL)
             print_option_help(out, &config_options[i]);

@@ -139,6 +139,7 @@ enum driver_method {
     DRIVER_ENSURE_WORKSPACE,
     DRIVER_DELETE_WORKSPACE,
     DRIVER_GET_LISTENER_REQUIREMENTS,
+    DRIVER_METHOD_COUNT /* not a method: the number of them */
 };
 
 struct driver_call;
@@ -156,5 +157,12 @@ struct driver_call *driver_call(struct driver *d, enum driver_method m, const Pr
                                 uint32_t timeout_ms, driver_reply_cb cb, void *arg);
 /* Abandons the call: the callback will not run. */
 void driver_call_cancel(struct driver_call *c);
+
+/* compute.v1 path of |m|, e.g. "/openshell.compute.v1.ComputeDriver/CreateSandbox". */
+const char *driver_method_path(enum driver_method m);
+/* Calls of |m| made through |d| that ended with gRPC |status| (0..16),
+ * including the ones failed locally (not connected: UNAVAILABLE) and the
+ * ones abandoned with driver_call_cancel() (CANCELLED). For /metrics. */
+uint64_t driver_call_count(const struct driver *d, enum driver_method m, int status);
 
 #endif /* GW_DRIVERS_H */

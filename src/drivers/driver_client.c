@@ -87,6 +87,7 @@ struct driver {
     char last_error[512];
     char *adv_name, *adv_version, *default_image;
     bool manages_lifecycle;
+    uint64_t calls[DRIVER_METHOD_COUNT][GRPC_STATUS_UNAUTHENTICATED + 1]; /* by status */
     void (*stop_done)(void *arg);
     void *stop_arg;
     unsigned stop_grace_ms;
@@ -98,6 +99,14 @@ static void set_state(struct driver *d, enum driver_state st, const char *why);
 static void maybe_finish_stop(struct driver *d);
 
 /* ---- calls -------------------------------------------------------------------- */
+
+/* Counts a finished call for driver_call_count(). */
+static void count_call(struct driver *d, enum driver_method m, int status)
+{
+    if (status < 0 || status > GRPC_STATUS_UNAUTHENTICATED)
+        status = GRPC_STATUS_UNKNOWN;
+    d->calls[m][status]++;
+}
 
 static void call_free(struct driver_call *c)
 {
@@ -130,6 +139,7 @@ static void call_on_done(struct grpc_ccall *cc, int status, const char *message,
             message = "compute driver answered without a valid response message";
         }
     }
+    count_call(c->d, c->m, status);
     c->cb(status, message, status == GRPC_STATUS_OK ? resp : NULL, c->arg);
     if (resp != NULL)
         protobuf_c_message_free_unpacked(resp, NULL);
@@ -144,6 +154,7 @@ static void run_deferred(struct reactor_timer *t, void *arg)
         d->deferred = c->next;
         if (d->deferred != NULL)
             d->deferred->prev = NULL;
+        count_call(d, c->m, c->cancelled ? GRPC_STATUS_CANCELLED : GRPC_STATUS_UNAVAILABLE);
         if (!c->cancelled) {
             char msg[160];
             snprintf(msg, sizeof(msg), "compute driver '%s' is not connected", d->plan.name);
@@ -182,11 +193,26 @@ struct driver_call *driver_call(struct driver *d, enum driver_method m, const Pr
 void driver_call_cancel(struct driver_call *c)
 {
     if (c->cc != NULL) {
+        count_call(c->d, c->m, GRPC_STATUS_CANCELLED);
         grpc_ccall_cancel(c->cc);
         call_free(c);
         return;
     }
     c->cancelled = true; /* freed by run_deferred */
+}
+
+const char *driver_method_path(enum driver_method m)
+{
+    GW_ASSERT(m < DRIVER_METHOD_COUNT);
+    return methods[m].path;
+}
+
+uint64_t driver_call_count(const struct driver *d, enum driver_method m, int status)
+{
+    GW_ASSERT(m < DRIVER_METHOD_COUNT);
+    if (status < 0 || status > GRPC_STATUS_UNAUTHENTICATED)
+        return 0;
+    return d->calls[m][status];
 }
 
 /* ---- the watch stream ------------------------------------------------------- */

@@ -397,6 +397,16 @@ unsigned events_hub_subscribers(const struct events_hub *h)
     return h->nsubs;
 }
 
+uint64_t events_hub_max_lag(const struct events_hub *h)
+{
+    uint64_t lag = 0;
+    for (const struct events_sub *sub = h->subs.next; sub != &h->subs; sub = sub->next) {
+        if (h->ring.hi > sub->pos)
+            lag = GW_MAX(lag, h->ring.hi - sub->pos);
+    }
+    return lag;
+}
+
 /* ---- subscriptions ---------------------------------------------------------------- */
 
 static void page_drop(struct events_sub *sub)

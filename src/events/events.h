@@ -118,6 +118,10 @@ void events_hub_kick(struct events_hub *h);
 uint64_t events_hub_head(const struct events_hub *h);
 bool events_hub_ready(const struct events_hub *h);
 unsigned events_hub_subscribers(const struct events_hub *h);
+/* How far the slowest subscriber is behind: the largest events_hub_head()
+ * minus events_sub_position() over the subscriptions, 0 when there are
+ * none (for /metrics). */
+uint64_t events_hub_max_lag(const struct events_hub *h);
 
 /* ---- subscriptions ------------------------------------------------------------ */
 

@@ -88,6 +88,10 @@ static void http_status(struct gateway_http_status *out, void *arg)
     out->serving = g->state == GW_SERVING;
     out->connections = grpc_server_connections(g->srv);
     out->active_calls = grpc_server_active_calls(g->srv);
+    out->api = g->api;
+    out->store = g->store;
+    out->hub = g->hub;
+    out->driver = g->driver;
 }
 
 /* ---- TLS ---------------------------------------------------------------- */
@@ -218,6 +222,7 @@ static void on_terminate(int signo, void *arg)
     }
     if (g->state == GW_STARTING) {
         log_info("gateway.stopping", LF_STR("signal", strsignal(signo)));
+        (void)reactor_sd_notify(g->r, "STOPPING=1");
         stop_backend(g);
         return;
     }
@@ -231,14 +236,18 @@ static void on_terminate(int signo, void *arg)
 }
 
 /* SIGHUP reloads what can change without dropping connections: log level
- * and format, and the TLS certificate (new handshakes use the new one). */
+ * and format, and the TLS certificate (new handshakes use the new one).
+ * systemd hears RELOADING=1 ... READY=1 only while serving: a READY=1
+ * before startup finished, or after STOPPING=1, would lie. */
 static void on_reload(int signo, void *arg)
 {
     struct gateway *g = arg;
+    bool notify_sd = g->state == GW_SERVING;
     char err[512], notify[64];
     snprintf(notify, sizeof(notify), "RELOADING=1\nMONOTONIC_USEC=%llu",
              (unsigned long long)gw_clock_mono_us());
-    (void)reactor_sd_notify(g->r, notify);
+    if (notify_sd)
+        (void)reactor_sd_notify(g->r, notify);
     if (config_reload(&g->cfg, g->argc, g->argv, err, sizeof(err)) != 0) {
         log_error("gateway.reload_failed", LF_STR("error", err));
         goto out;
@@ -257,7 +266,8 @@ static void on_reload(int signo, void *arg)
     }
     log_info("gateway.reloaded", LF_STR("log_level", log_level_name(g->cfg.log_level)));
 out:
-    (void)reactor_sd_notify(g->r, "READY=1");
+    if (notify_sd)
+        (void)reactor_sd_notify(g->r, "READY=1");
 }
 
 static void watchdog_tick(struct reactor_timer *t, void *arg)
@@ -346,11 +356,13 @@ static int start_listeners(struct gateway *g)
         log_info("gateway.health_listening", LF_UINT("port", gateway_http_port(g->health_http)));
     }
     if (c->metrics_port != 0) {
-        g->metrics_http = gateway_http_new(reactor_base(g->r), c->bind_address, c->metrics_port,
+        g->metrics_http = gateway_http_new(reactor_base(g->r), c->metrics_address, c->metrics_port,
                                            true, http_status, g);
         if (g->metrics_http == NULL)
             return -1;
-        log_info("gateway.metrics_listening", LF_UINT("port", gateway_http_port(g->metrics_http)));
+        grpc_server_set_observer(g->srv, gateway_http_observe_call, g->metrics_http);
+        log_info("gateway.metrics_listening", LF_STR("addr", c->metrics_address),
+                 LF_UINT("port", gateway_http_port(g->metrics_http)));
     }
     return 0;
 }
@@ -563,6 +575,10 @@ static int startup(struct gateway *g)
             log_error("gateway.tls_failed", LF_STR("error", err));
             return -1;
         }
+        if (c->tls_bundle_dir != NULL)
+            log_info("gateway.tls_bundle", LF_STR("dir", c->tls_bundle_dir),
+                     LF_STR("client_ca", c->tls_client_ca),
+                     LF_BOOL("require_client_cert", c->tls_require_client_cert));
     }
     struct grpc_server_opts so = {
         .max_recv_msg_bytes = c->max_recv_msg_bytes,
@@ -580,6 +596,8 @@ static int startup(struct gateway *g)
         fprintf(stderr, "openshell-gateway: sandbox token keys: %s\n", err);
         return -1;
     }
+    if (c->jwt_bundle_dir != NULL)
+        log_info("gateway.jwt_bundle", LF_STR("dir", c->jwt_bundle_dir));
     g->jwt_issuer = jwt_issuer(c->jwt_gateway_id);
     log_info("gateway.jwt_keys", LF_STR("kid", jwt_keys_kid(g->jwt)),
              LF_STR("issuer", g->jwt_issuer), LF_UINT("ttl_secs", c->jwt_ttl_secs));
@@ -626,6 +644,8 @@ static void teardown(struct gateway *g)
     reactor_listener_free(g->unix_l);
     reactor_listener_free(g->sup_l);
     gateway_http_free(g->health_http);
+    if (g->srv)
+        grpc_server_set_observer(g->srv, NULL, NULL); /* it counts into metrics_http */
     gateway_http_free(g->metrics_http);
     grpc_server_free(g->srv);
     if (g->api)
@@ -652,6 +672,9 @@ int main(int argc, char **argv)
      * again for every chunk. */
     (void)mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
     (void)mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+    /* A subcommand, not a setting: it runs before (and without) the config. */
+    if (argc > 1 && strcmp(argv[1], "generate-certs") == 0)
+        return gateway_certs_main(argc - 1, argv + 1, stdout, stderr);
     config_init(&g.cfg);
     if (config_load(&g.cfg, argc, argv, stdout, &action, err, sizeof(err)) != 0) {
         fprintf(stderr, "openshell-gateway: %s\n", err);
@@ -665,6 +688,9 @@ int main(int argc, char **argv)
     }
     log_set_level(g.cfg.log_level);
     log_set_format(g.cfg.log_format);
+    /* Before any child exists: the managed driver and the embedded
+     * PostgreSQL would otherwise send READY=1 to systemd in our name. */
+    reactor_sd_env_take();
     g.r = reactor_new();
     if (g.r == NULL) {
         log_error("gateway.reactor_failed");

@@ -179,6 +179,16 @@ int grpc_server_add_method(struct grpc_server *s, const struct grpc_method *m) G
 const struct grpc_method *grpc_server_find_method(const struct grpc_server *s, const char *path,
                                                   size_t len);
 void grpc_server_set_call_start_hook(struct grpc_server *s, grpc_call_start_hook hook, void *arg);
+/* Runs once per call when its stream closes, whatever ended it (the
+ * handler, a rejection before dispatch, cancellation): |m| is the method
+ * from the table, or NULL when the path was missing or unknown (so the
+ * observer sees a bounded set of methods); |status| the final gRPC status
+ * (CANCELLED for a stream reset before the call was dispatched); |dur_us|
+ * the microseconds since the stream began. The call is already gone. */
+typedef void (*grpc_call_observer)(const struct grpc_method *m, int status, uint64_t dur_us,
+                                   void *arg);
+/* Sets or (|fn| NULL) clears the observer; at most one. */
+void grpc_server_set_observer(struct grpc_server *s, grpc_call_observer fn, void *arg);
 /* Serves HTTP/2 gRPC on |bev| (takes ownership, even on failure). |peer|
  * text and |conn_id| are used in logs; |conn_info| is an opaque pointer
  * handlers can read with grpc_call_conn_info() (e.g. TLS client identity);

@@ -78,6 +78,8 @@ struct grpc_server {
     const struct grpc_method *methods[METHOD_SLOTS];
     grpc_call_start_hook hook;
     void *hook_arg;
+    grpc_call_observer observer;
+    void *observer_arg;
     struct sconn conns; /* sentinel */
     unsigned nconns, ncalls;
     bool shutting_down;
@@ -475,6 +477,10 @@ static void on_close(struct h2_stream *st, uint32_t error_code)
         if (call->method->handler->on_cancel)
             call->method->handler->on_cancel(call);
     }
+    if (call->srv->observer != NULL)
+        call->srv->observer(call->method,
+                            call->state == CALL_HEADERS ? GRPC_STATUS_CANCELLED : call->status,
+                            gw_clock_mono_us() - call->start_us, call->srv->observer_arg);
     if (log_enabled(LOG_DEBUG)) {
         double ms = (double)(gw_clock_mono_us() - call->start_us) / 1000.0;
         log_debug("grpc.call", LF_STR("method", call->path), LF_INT("status", call->status),
@@ -563,6 +569,12 @@ void grpc_server_set_call_start_hook(struct grpc_server *s, grpc_call_start_hook
 {
     s->hook = hook;
     s->hook_arg = arg;
+}
+
+void grpc_server_set_observer(struct grpc_server *s, grpc_call_observer fn, void *arg)
+{
+    s->observer = fn;
+    s->observer_arg = arg;
 }
 
 static void on_conn_close(struct h2_conn *c, void *arg)

@@ -251,5 +251,12 @@ int reactor_sd_notify(struct reactor *r, const char *state);
 /* Watchdog interval from $WATCHDOG_USEC (and $WATCHDOG_PID when set),
  * in microseconds; 0 when the watchdog is off. */
 uint64_t reactor_sd_watchdog_usec(void);
+/* Moves $NOTIFY_SOCKET, $WATCHDOG_USEC and $WATCHDOG_PID out of the
+ * environment into process-lifetime copies that the two functions above
+ * read from then on, so that child processes (a managed driver, the
+ * embedded PostgreSQL) neither inherit them nor notify the service manager
+ * in our name. Call once, before spawning children; later calls do
+ * nothing. */
+void reactor_sd_env_take(void);
 
 #endif /* GW_REACTOR_H */

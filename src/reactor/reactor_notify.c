@@ -8,6 +8,45 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+/* The service manager's variables once reactor_sd_env_take() moved them
+ * out of the environment; before that, getenv() answers. */
+static struct {
+    bool taken;
+    char *notify_socket; /* NULL: was unset */
+    char *watchdog_usec;
+    char *watchdog_pid;
+} sd_env;
+
+static const char *sd_getenv(const char *name)
+{
+    if (!sd_env.taken)
+        return getenv(name);
+    if (strcmp(name, "NOTIFY_SOCKET") == 0)
+        return sd_env.notify_socket;
+    if (strcmp(name, "WATCHDOG_USEC") == 0)
+        return sd_env.watchdog_usec;
+    return sd_env.watchdog_pid;
+}
+
+static char *take_var(const char *name)
+{
+    const char *v = getenv(name);
+    char *copy = v != NULL ? gw_xstrdup(v) : NULL;
+
+    unsetenv(name);
+    return copy;
+}
+
+void reactor_sd_env_take(void)
+{
+    if (sd_env.taken)
+        return;
+    sd_env.notify_socket = take_var("NOTIFY_SOCKET");
+    sd_env.watchdog_usec = take_var("WATCHDOG_USEC");
+    sd_env.watchdog_pid = take_var("WATCHDOG_PID");
+    sd_env.taken = true;
+}
+
 /* $NOTIFY_SOCKET is a path or, with a leading '@', an abstract name. */
 static int notify_addr(const char *name, struct sockaddr_un *sa, socklen_t *len)
 {
@@ -30,7 +69,7 @@ static int notify_addr(const char *name, struct sockaddr_un *sa, socklen_t *len)
 
 int reactor_sd_notify(struct reactor *r, const char *state)
 {
-    const char *name = getenv("NOTIFY_SOCKET");
+    const char *name = sd_getenv("NOTIFY_SOCKET");
     struct sockaddr_un sa;
     socklen_t salen;
     int fd = -1;
@@ -78,11 +117,11 @@ static bool parse_u64(const char *s, uint64_t *out)
 
 uint64_t reactor_sd_watchdog_usec(void)
 {
-    const char *pid_text = getenv("WATCHDOG_PID");
+    const char *pid_text = sd_getenv("WATCHDOG_PID");
     uint64_t usec = 0;
     uint64_t pid = 0;
 
-    if (!parse_u64(getenv("WATCHDOG_USEC"), &usec))
+    if (!parse_u64(sd_getenv("WATCHDOG_USEC"), &usec))
         return 0;
     /* The variables are inherited: WATCHDOG_PID says whom they were for. */
     if (pid_text != NULL && pid_text[0] != '\0' &&
