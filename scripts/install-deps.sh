@@ -7,10 +7,10 @@ BUILD_PKGS="build-essential autoconf automake libtool pkg-config \
   libevent-dev libnghttp2-dev libprotobuf-c-dev protobuf-c-compiler \
   protobuf-compiler libprotobuf-dev libssl-dev libpq-dev libjansson-dev \
   zlib1g-dev libssh-dev"
-RUN_PKGS="postgresql openssl"
+RUN_PKGS="postgresql openssl openssh-client"
 TEST_PKGS="libcmocka-dev python3-grpcio python3-protobuf protobuf-compiler-grpc \
   python3-pytest nghttp2-client clang libclang-rt-14-dev libfuzzer-14-dev \
-  procps util-linux"
+  procps util-linux systemd"
 
 case "${1:-run}" in
 run) PKGS="$BUILD_PKGS $RUN_PKGS" ;;
