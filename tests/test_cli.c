@@ -25,7 +25,7 @@
  * (as JSON values: key order and spacing do not matter). */
 static void assert_json_eq(const ProtobufCMessage *m, const char *expected)
 {
-    char *got = cli_json_dumps(m, false);
+    char *got = pbjson_dumps(m, 0);
     json_error_t je;
     json_t *a = json_loads(got, JSON_DECODE_ANY, &je);
     json_t *b = json_loads(expected, JSON_DECODE_ANY, &je);
@@ -69,17 +69,17 @@ static void test_cli_json_name_converts_snake_case(void **state)
     char out[64];
 
     (void)state;
-    cli_json_name("sandbox_id", out, sizeof(out));
+    pbjson_name("sandbox_id", out, sizeof(out));
     assert_string_equal(out, "sandboxId");
-    cli_json_name("created_at_ms", out, sizeof(out));
+    pbjson_name("created_at_ms", out, sizeof(out));
     assert_string_equal(out, "createdAtMs");
-    cli_json_name("name", out, sizeof(out));
+    pbjson_name("name", out, sizeof(out));
     assert_string_equal(out, "name");
-    cli_json_name("a_b_c", out, sizeof(out));
+    pbjson_name("a_b_c", out, sizeof(out));
     assert_string_equal(out, "aBC");
-    cli_json_name("log_tail_lines", out, sizeof(out));
+    pbjson_name("log_tail_lines", out, sizeof(out));
     assert_string_equal(out, "logTailLines");
-    cli_json_name("field_2_x", out, sizeof(out));
+    pbjson_name("field_2_x", out, sizeof(out));
     assert_string_equal(out, "field2X");
 }
 
@@ -88,7 +88,7 @@ static void test_cli_json_name_truncates(void **state)
     char out[6];
 
     (void)state;
-    cli_json_name("principal_subject", out, sizeof(out));
+    pbjson_name("principal_subject", out, sizeof(out));
     assert_string_equal(out, "princ");
 }
 
@@ -290,7 +290,7 @@ static void test_cli_json_struct_value_listvalue(void **state)
     assert_json_eq(&t.base, "{\"driverConfig\":{\"deep\":true}}");
 }
 
-static void test_cli_json_dumps_compact_is_one_line(void **state)
+static void test_pbjson_dumps_compact_is_one_line(void **state)
 {
     Openshell__V1__GetSandboxRequest req = OPENSHELL__V1__GET_SANDBOX_REQUEST__INIT;
     char *s;
@@ -298,10 +298,10 @@ static void test_cli_json_dumps_compact_is_one_line(void **state)
     (void)state;
     req.name = "demo";
     req.workspace = "team";
-    s = cli_json_dumps(&req.base, false);
+    s = pbjson_dumps(&req.base, 0);
     assert_string_equal(s, "{\"name\":\"demo\",\"workspace\":\"team\"}");
     free(s);
-    s = cli_json_dumps(&req.base, true);
+    s = pbjson_dumps(&req.base, PBJSON_PRETTY);
     assert_non_null(strchr(s, '\n'));
     free(s);
 }
@@ -317,7 +317,7 @@ static void test_cli_json_to_struct_roundtrip(void **state)
     char err[256];
 
     (void)state;
-    assert_int_equal(cli_json_to_struct(text, &m, err, sizeof(err)), 0);
+    assert_int_equal(pbjson_struct_from_text(text, &m, err, sizeof(err)), 0);
     assert_non_null(m);
     assert_ptr_equal(m->descriptor, &google__protobuf__struct__descriptor);
     s = (Google__Protobuf__Struct *)m;
@@ -345,16 +345,16 @@ static void test_cli_json_to_struct_rejects_bad_input(void **state)
     char err[256];
 
     (void)state;
-    assert_int_equal(cli_json_to_struct("{\"a\":", &m, err, sizeof(err)), -1);
+    assert_int_equal(pbjson_struct_from_text("{\"a\":", &m, err, sizeof(err)), -1);
     assert_null(m);
     assert_non_null(strstr(err, "invalid JSON"));
-    assert_int_equal(cli_json_to_struct("[1,2]", &m, err, sizeof(err)), -1);
+    assert_int_equal(pbjson_struct_from_text("[1,2]", &m, err, sizeof(err)), -1);
     assert_string_equal(err, "expected a JSON object, got an array");
-    assert_int_equal(cli_json_to_struct("\"s\"", &m, err, sizeof(err)), -1);
+    assert_int_equal(pbjson_struct_from_text("\"s\"", &m, err, sizeof(err)), -1);
     assert_string_equal(err, "expected a JSON object, got a string");
-    assert_int_equal(cli_json_to_struct("{\"a\":1,\"a\":2}", &m, err, sizeof(err)), -1);
+    assert_int_equal(pbjson_struct_from_text("{\"a\":1,\"a\":2}", &m, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "duplicate"));
-    assert_int_equal(cli_json_to_struct("", &m, err, sizeof(err)), -1);
+    assert_int_equal(pbjson_struct_from_text("", &m, err, sizeof(err)), -1);
 }
 
 static void test_cli_json_to_struct_empty_object(void **state)
@@ -363,7 +363,7 @@ static void test_cli_json_to_struct_empty_object(void **state)
     char err[256];
 
     (void)state;
-    assert_int_equal(cli_json_to_struct("{}", &m, err, sizeof(err)), 0);
+    assert_int_equal(pbjson_struct_from_text("{}", &m, err, sizeof(err)), 0);
     assert_int_equal(((Google__Protobuf__Struct *)m)->n_fields, 0);
     assert_json_eq(m, "{}");
     protobuf_c_message_free_unpacked(m, NULL);
@@ -659,7 +659,7 @@ int main(void)
         cmocka_unit_test(test_cli_json_maps_repeated_and_nested),
         cmocka_unit_test(test_cli_json_repeated_messages),
         cmocka_unit_test(test_cli_json_struct_value_listvalue),
-        cmocka_unit_test(test_cli_json_dumps_compact_is_one_line),
+        cmocka_unit_test(test_pbjson_dumps_compact_is_one_line),
         cmocka_unit_test(test_cli_json_to_struct_roundtrip),
         cmocka_unit_test(test_cli_json_to_struct_rejects_bad_input),
         cmocka_unit_test(test_cli_json_to_struct_empty_object),

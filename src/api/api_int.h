@@ -170,11 +170,6 @@ void api_finish_workspace_not_found(struct grpc_call *call, const char *workspac
 void api_meta_set_maps(struct grpc_call *call, struct Openshell__Datamodel__V1__ObjectMeta *meta,
                        const char *labels_json, const char *annotations_json);
 
-/* A message as proto3 JSON (lowerCamelCase names, enum names, 64-bit
- * integers as strings, bytes base64, Struct as objects), sorted keys.
- * Heap string, free(). (api_json.c) */
-char *api_message_json(const ProtobufCMessage *m);
-
 /* ---- work that outlives its call (api_common.c) -------------------------------
  *
  * A handler that starts something that must finish even when the client

@@ -18,6 +18,7 @@
 
 #include "api/api_int.h"
 #include "drivers/driver.h"
+#include "pbjson/pbjson.h"
 #include "openshell.pb-c.h"
 #include "store/store.h"
 
@@ -783,7 +784,7 @@ static void create_ws_checked(struct grpc_call *call, const struct store_result 
     op->spec_len = protobuf_c_message_get_packed_size(&spec->base);
     op->spec = gw_xmalloc(op->spec_len ? op->spec_len : 1);
     protobuf_c_message_pack(&spec->base, op->spec);
-    op->spec_json = api_message_json(&spec->base);
+    op->spec_json = pbjson_dumps(&spec->base, PBJSON_SORT_KEYS);
     op->dsb_len = protobuf_c_message_get_packed_size(&dsb->base);
     op->dsb = gw_xmalloc(op->dsb_len ? op->dsb_len : 1);
     protobuf_c_message_pack(&dsb->base, op->dsb);

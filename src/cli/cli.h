@@ -28,6 +28,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "base/base.h"
+#include "pbjson/pbjson.h"
 
 struct reactor;
 struct json_t;
@@ -208,24 +209,6 @@ void cli_time_format(int64_t ms, char out[32]);
 /* "READY" for SANDBOX_PHASE_READY etc. (the enum value name without the
  * SANDBOX_PHASE_ prefix); "UNKNOWN" for values out of range. */
 const char *cli_phase_name(int phase);
-
-/* ---- proto3 JSON (cli_json.c) ---------------------------------------------- */
-
-/* lowerCamelCase JSON name of a snake_case proto field name ("sandbox_id"
- * -> "sandboxId", "a_b_c" -> "aBC"), written into |out| (truncated to |len|). */
-void cli_json_name(const char *field, char *out, size_t len);
-/* proto3 JSON mapping of |m|: lowerCamelCase names, enums by value name,
- * 64-bit integers as strings, bytes base64, maps as objects, Struct/Value/
- * ListValue as plain JSON, default values and unset oneofs omitted.
- * Returns a new reference (json_decref). */
-struct json_t *cli_json_from_message(const ProtobufCMessage *m);
-/* Serialized: compact (one line) or indented. Caller frees with free(). */
-char *cli_json_dumps(const ProtobufCMessage *m, bool pretty);
-/* Parses |text| as a JSON object into a new google.protobuf.Struct. Returns
- * 0 with *out (free with protobuf_c_message_free_unpacked(*out, NULL)), or -1
- * with |err| saying what is wrong (not JSON, not an object). */
-int cli_json_to_struct(const char *text, ProtobufCMessage **out, char *err,
-                       size_t errlen) GW_MUSTCHECK;
 
 /* ---- the standard descriptors on the loop (cli_io.c) ------------------------- */
 

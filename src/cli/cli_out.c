@@ -185,7 +185,7 @@ int cli_parse_uint(const char *s, unsigned long max, unsigned long *out)
 
 void cli_print_json(const ProtobufCMessage *m)
 {
-    char *s = cli_json_dumps(m, false);
+    char *s = pbjson_dumps(m, 0);
 
     fputs(s, stdout);
     fputc('\n', stdout);

@@ -484,7 +484,7 @@ static int load_driver_config(const char *arg, ProtobufCMessage **out)
     } else {
         text = gw_xstrdup(arg);
     }
-    if (cli_json_to_struct(text, out, err, sizeof(err)) != 0) {
+    if (pbjson_struct_from_text(text, out, err, sizeof(err)) != 0) {
         free(text);
         return cli_usage(cmd, "--driver-config-json: %s", err);
     }

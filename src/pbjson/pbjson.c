@@ -1,6 +1,6 @@
 /*
- * cli_json: the proto3 JSON mapping over protobuf-c descriptors, for -o json,
- * and JSON objects into google.protobuf.Struct for --driver-config-json.
+ * pbjson: the proto3 JSON mapping over protobuf-c descriptors, and JSON
+ * objects into google.protobuf.Struct.
  *
  * Mapping (https://protobuf.dev/programming-guides/proto3/#json): field names
  * in lowerCamelCase; enums by value name (unknown numbers as integers);
@@ -11,7 +11,7 @@
  * oneof member (proto3 `optional` included) is written when it is the set
  * case, even with a default value.
  */
-#include "cli/cli.h"
+#include "pbjson/pbjson.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -23,7 +23,7 @@
 
 static json_t *message_json(const ProtobufCMessage *m);
 
-void cli_json_name(const char *field, char *out, size_t len)
+void pbjson_name(const char *field, char *out, size_t len)
 {
     size_t j = 0;
     bool up = false;
@@ -335,22 +335,23 @@ static json_t *message_json(const ProtobufCMessage *m)
         char name[128];
         if (v == NULL)
             continue;
-        cli_json_name(f->name, name, sizeof(name));
+        pbjson_name(f->name, name, sizeof(name));
         json_object_set_new(o, name, v);
     }
     return o;
 }
 
-json_t *cli_json_from_message(const ProtobufCMessage *m)
+json_t *pbjson_from_message(const ProtobufCMessage *m)
 {
     return message_json(m);
 }
 
-char *cli_json_dumps(const ProtobufCMessage *m, bool pretty)
+char *pbjson_dumps(const ProtobufCMessage *m, unsigned flags)
 {
     json_t *j = message_json(m);
-    char *s = json_dumps(j, pretty ? JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY
-                                   : JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
+    char *s =
+        json_dumps(j, JSON_ENCODE_ANY | ((flags & PBJSON_PRETTY) ? JSON_INDENT(2) : JSON_COMPACT) |
+                          ((flags & PBJSON_SORT_KEYS) ? JSON_SORT_KEYS : JSON_PRESERVE_ORDER));
 
     json_decref(j);
     if (s == NULL)
@@ -429,7 +430,7 @@ static Google__Protobuf__Value *value_from_json(json_t *j)
     return v;
 }
 
-int cli_json_to_struct(const char *text, ProtobufCMessage **out, char *err, size_t errlen)
+int pbjson_struct_from_text(const char *text, ProtobufCMessage **out, char *err, size_t errlen)
 {
     json_error_t je;
     json_t *j;
