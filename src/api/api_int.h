@@ -481,9 +481,6 @@ void api_session_drop(struct api *a, const char *sandbox_id);
 void api_sessions_end_all(struct api *a);
 /* Frees the registry (api_free). */
 void api_sessions_free(struct api *a);
-/* Counts for metrics and benchmarks. */
-unsigned api_sessions_live(const struct api *a);
-unsigned api_relays_open(const struct api *a);
 
 /* ---- sandbox logs (api_logs.c; semantics.md §10-11) ------------------------
  *
@@ -760,8 +757,5 @@ void api_ssh_token_hash(const char *token, char out[65]);
  * and 65535", "tcp target host is required" or "tcp target host must be
  * loopback". */
 const char *api_forward_tcp_target(const char *host, uint32_t port, char *out, size_t outlen);
-
-/* Live ForwardTcp calls of |a| (metrics, benchmarks). */
-unsigned api_forwards_live(const struct api *a);
 
 #endif /* GW_API_INT_H */
