@@ -1,6 +1,7 @@
 /* Unit tests for the openshell CLI's pure parts: the proto3 JSON encoder and
  * JSON -> Struct (cli_json.c), tables, records, errors and exit codes
- * (cli_out.c) and gateway URL parsing (cli_conn.c). Leaks are caught by
+ * (cli_out.c) and gateway URL parsing (grpc_endpoint_parse, shared with the
+ * supervisor, in http2/grpc_client.c). Leaks are caught by
  * running this binary under AddressSanitizer. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -571,57 +572,71 @@ static void test_cli_time_and_phase_names(void **state)
 
 /* ---- endpoint parsing ------------------------------------------------------------- */
 
-static void test_cli_endpoint_parse_valid(void **state)
+static void test_grpc_endpoint_parse_valid(void **state)
 {
-    struct cli_endpoint ep;
+    struct grpc_endpoint ep;
     char err[256];
 
     (void)state;
-    assert_int_equal(cli_endpoint_parse("https://127.0.0.1:17670", &ep, err, sizeof(err)), 0);
+    assert_int_equal(grpc_endpoint_parse("https://127.0.0.1:17670", &ep, err, sizeof(err)), 0);
     assert_true(ep.tls);
     assert_false(ep.is_unix);
     assert_string_equal(ep.host, "127.0.0.1");
     assert_int_equal(ep.port, 17670);
     assert_string_equal(ep.authority, "127.0.0.1:17670");
 
-    assert_int_equal(cli_endpoint_parse("http://gw.example.com/", &ep, err, sizeof(err)), 0);
+    assert_int_equal(grpc_endpoint_parse("http://gw.example.com/", &ep, err, sizeof(err)), 0);
     assert_false(ep.tls);
     assert_string_equal(ep.host, "gw.example.com");
     assert_int_equal(ep.port, 80);
 
-    assert_int_equal(cli_endpoint_parse("https://localhost", &ep, err, sizeof(err)), 0);
+    assert_int_equal(grpc_endpoint_parse("https://localhost", &ep, err, sizeof(err)), 0);
     assert_int_equal(ep.port, 443);
     assert_string_equal(ep.authority, "localhost:443");
 
-    assert_int_equal(cli_endpoint_parse("https://[::1]:8443", &ep, err, sizeof(err)), 0);
+    assert_int_equal(grpc_endpoint_parse("https://[::1]:8443", &ep, err, sizeof(err)), 0);
     assert_string_equal(ep.host, "::1");
     assert_int_equal(ep.port, 8443);
     assert_string_equal(ep.authority, "[::1]:8443");
 
-    assert_int_equal(cli_endpoint_parse("unix:/run/openshell.sock", &ep, err, sizeof(err)), 0);
+    assert_int_equal(grpc_endpoint_parse("unix:/run/openshell.sock", &ep, err, sizeof(err)), 0);
     assert_true(ep.is_unix);
     assert_false(ep.tls);
     assert_string_equal(ep.path, "/run/openshell.sock");
     assert_string_equal(ep.authority, "localhost");
 
-    assert_int_equal(cli_endpoint_parse("unix:///tmp/gw.sock", &ep, err, sizeof(err)), 0);
+    assert_int_equal(grpc_endpoint_parse("unix:///tmp/gw.sock", &ep, err, sizeof(err)), 0);
     assert_string_equal(ep.path, "/tmp/gw.sock");
+
+    assert_int_equal(grpc_endpoint_parse("http://gw_1.Example-2:080", &ep, err, sizeof(err)), 0);
+    assert_string_equal(ep.host, "gw_1.Example-2");
+    assert_int_equal(ep.port, 80);
+    assert_string_equal(ep.authority, "gw_1.Example-2:80");
+
+    assert_int_equal(grpc_endpoint_parse("http://[fe80::1]", &ep, err, sizeof(err)), 0);
+    assert_string_equal(ep.host, "fe80::1");
+    assert_int_equal(ep.port, 80);
+    assert_string_equal(ep.authority, "[fe80::1]:80");
+
+    assert_int_equal(grpc_endpoint_parse("https://h:65535/", &ep, err, sizeof(err)), 0);
+    assert_int_equal(ep.port, 65535);
 }
 
 static void expect_endpoint_error(const char *url, const char *needle)
 {
-    struct cli_endpoint ep;
+    struct grpc_endpoint ep;
     char err[256] = "";
 
-    if (cli_endpoint_parse(url, &ep, err, sizeof(err)) != -1)
+    if (grpc_endpoint_parse(url, &ep, err, sizeof(err)) != -1)
         fail_msg("'%s' was accepted", url);
     if (strstr(err, needle) == NULL)
         fail_msg("'%s': error '%s' does not mention '%s'", url, err, needle);
 }
 
-static void test_cli_endpoint_parse_errors(void **state)
+static void test_grpc_endpoint_parse_errors(void **state)
 {
     char longpath[200];
+    char longhost[8 + 255 + 7]; /* "https://" + 255 x 'h' + ":17670" */
 
     (void)state;
     expect_endpoint_error("", "empty");
@@ -634,16 +649,37 @@ static void test_cli_endpoint_parse_errors(void **state)
     expect_endpoint_error("https://h:", "port");
     expect_endpoint_error("https://h:12x", "port");
     expect_endpoint_error("https://h:-1", "port");
+    expect_endpoint_error("https://h:+80", "port");
+    expect_endpoint_error("https://h: 80", "port");
+    expect_endpoint_error("https://h:99999999999999999999", "port");
+    expect_endpoint_error("https://::1:8443", "needs brackets");
+    expect_endpoint_error("http://fe80::1", "needs brackets");
+    expect_endpoint_error("https://h:80:90", "needs brackets");
+    expect_endpoint_error("https://[gw.example]:80", "not an IPv6 address");
+    expect_endpoint_error("https://[]:80", "host is empty");
+    expect_endpoint_error("https://user@h:80", "characters other than");
+    expect_endpoint_error("https://h%20x", "characters other than");
     expect_endpoint_error("https://h:80/api", "no path");
     expect_endpoint_error("https://h:80?x=1", "no path");
     expect_endpoint_error("https://[::1:80", "']'");
     expect_endpoint_error("https://[::1]x", "after ']'");
     expect_endpoint_error("unix:relative.sock", "absolute");
     expect_endpoint_error("unix:", "absolute");
+    expect_endpoint_error("unix://", "absolute");
+    expect_endpoint_error("unix://relative.sock", "absolute");
     memset(longpath, 'a', sizeof(longpath));
     memcpy(longpath, "unix:/", 6);
     longpath[sizeof(longpath) - 1] = '\0';
     expect_endpoint_error(longpath, "longer than");
+    /* A 255-byte name fits the host but not "host:port" in :authority. */
+    memset(longhost, 'h', sizeof(longhost));
+    memcpy(longhost, "https://", 8);
+    memcpy(longhost + sizeof(longhost) - 7, ":17670", 7);
+    expect_endpoint_error(longhost, "too long");
+    memset(longhost, 'h', sizeof(longhost));
+    memcpy(longhost, "http://", 7);
+    longhost[sizeof(longhost) - 1] = '\0';
+    expect_endpoint_error(longhost, "too long");
 }
 
 int main(void)
@@ -672,8 +708,8 @@ int main(void)
         cmocka_unit_test(test_cli_table_header_only),
         cmocka_unit_test(test_cli_record_aligns_values),
         cmocka_unit_test(test_cli_time_and_phase_names),
-        cmocka_unit_test(test_cli_endpoint_parse_valid),
-        cmocka_unit_test(test_cli_endpoint_parse_errors),
+        cmocka_unit_test(test_grpc_endpoint_parse_valid),
+        cmocka_unit_test(test_grpc_endpoint_parse_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -43,7 +43,7 @@ struct json_t;
 /* Global options, resolved (flag > env > default). Strings are borrowed from
  * argv/environ or owned by the struct cli; valid until cli_free(). */
 struct cli_opts {
-    const char *endpoint;        /* as given: https://H:P, http://H:P, unix:/path */
+    const char *endpoint;        /* as given, parsed by grpc_endpoint_parse() */
     const char *ca, *cert, *key; /* NULL when unused */
     const char *token;           /* bearer, or NULL */
     const char *workspace;       /* "" = gateway default */
@@ -54,21 +54,6 @@ struct cli_opts {
 
 /* Options + lazily opened connection + loop. */
 struct cli;
-
-/* A parsed gateway endpoint (cli_endpoint_parse). */
-struct cli_endpoint {
-    bool is_unix;        /* unix:/path (h2c over a Unix socket) */
-    bool tls;            /* https:// */
-    char host[256];      /* host name or IP literal without brackets; "" for unix */
-    uint16_t port;       /* 443/80 when the URL has none */
-    char path[108];      /* Unix socket path */
-    char authority[300]; /* :authority: "host:port" ("[v6]:port"), "localhost" for unix */
-};
-
-/* Parses |url| (https://HOST[:PORT][/], http://HOST[:PORT][/], unix:/path or
- * unix:///path). Returns 0, or -1 with a one-phrase reason in |err|. */
-int cli_endpoint_parse(const char *url, struct cli_endpoint *ep, char *err,
-                       size_t errlen) GW_MUSTCHECK;
 
 /* Creates the client for |opts| (copied; the strings it points to must stay
  * valid until cli_free()). Nothing is connected yet. Caller owns, free with

@@ -46,7 +46,7 @@ struct cli_stream {
 struct cli {
     struct cli_opts opts;
     struct reactor *r;
-    struct cli_endpoint ep;
+    struct grpc_endpoint ep;
     bool ep_ok;             /* ep parsed (cli_main validates it before cli_new) */
     struct ssl_ctx_st *tls; /* https only, built on the first connect */
     struct grpc_channel *ch;
@@ -55,108 +55,6 @@ struct cli {
     bool in_loop;      /* cli_loop_run or a synchronous helper is running */
     LIST_HEAD(, cli_stream) streams;
 };
-
-/* ---- endpoint ------------------------------------------------------------ */
-
-/* Splits "host[:port]" or "[v6][:port]" ending at |end| into ep->host and the
- * colon before the port (NULL when there is none). */
-static int split_host(const char *hp, const char *end, struct cli_endpoint *ep, const char **colon,
-                      char *err, size_t errlen)
-{
-    const char *hend;
-
-    *colon = NULL;
-    if (*hp == '[') {
-        const char *rb = memchr(hp, ']', (size_t)(end - hp));
-        if (rb == NULL) {
-            snprintf(err, errlen, "missing ']' after the IPv6 address");
-            return -1;
-        }
-        if (rb + 1 != end && rb[1] != ':') {
-            snprintf(err, errlen, "unexpected text after ']'");
-            return -1;
-        }
-        *colon = rb + 1 != end ? rb + 1 : NULL;
-        hp++;
-        hend = rb;
-    } else {
-        *colon = memchr(hp, ':', (size_t)(end - hp));
-        hend = *colon != NULL ? *colon : end;
-    }
-    if (hend == hp) {
-        snprintf(err, errlen, "the host is empty");
-        return -1;
-    }
-    if ((size_t)(hend - hp) >= sizeof(ep->host)) {
-        snprintf(err, errlen, "the host name is too long");
-        return -1;
-    }
-    memcpy(ep->host, hp, (size_t)(hend - hp));
-    ep->host[hend - hp] = '\0';
-    return 0;
-}
-
-static int parse_host_port(const char *hp, struct cli_endpoint *ep, char *err, size_t errlen)
-{
-    const char *end = hp + strcspn(hp, "/?#");
-    const char *colon;
-    char *pend;
-    unsigned long port = ep->tls ? 443 : 80;
-
-    if (*end != '\0' && !(*end == '/' && end[1] == '\0')) {
-        snprintf(err, errlen, "a gateway URL has no path or query");
-        return -1;
-    }
-    if (split_host(hp, end, ep, &colon, err, errlen) != 0)
-        return -1;
-    if (colon != NULL) {
-        errno = 0;
-        port = strtoul(colon + 1, &pend, 10);
-        if (pend != end || colon + 1 == end || errno != 0 || port < 1 || port > 65535 ||
-            colon[1] == '-' || colon[1] == '+') {
-            snprintf(err, errlen, "the port must be 1..65535");
-            return -1;
-        }
-    }
-    ep->port = (uint16_t)port;
-    snprintf(ep->authority, sizeof(ep->authority), *hp == '[' ? "[%s]:%u" : "%s:%u", ep->host,
-             ep->port);
-    return 0;
-}
-
-int cli_endpoint_parse(const char *url, struct cli_endpoint *ep, char *err, size_t errlen)
-{
-    memset(ep, 0, sizeof(*ep));
-    if (url == NULL || url[0] == '\0') {
-        snprintf(err, errlen, "the gateway URL is empty");
-        return -1;
-    }
-    if (strncmp(url, "unix:", 5) == 0) {
-        const char *p = url + 5;
-        if (strncmp(p, "//", 2) == 0)
-            p += 2;
-        if (p[0] != '/') {
-            snprintf(err, errlen, "a unix: gateway URL needs an absolute socket path");
-            return -1;
-        }
-        if (strlen(p) >= sizeof(ep->path)) {
-            snprintf(err, errlen, "the socket path is longer than %zu bytes", sizeof(ep->path) - 1);
-            return -1;
-        }
-        ep->is_unix = true;
-        snprintf(ep->path, sizeof(ep->path), "%s", p);
-        snprintf(ep->authority, sizeof(ep->authority), "localhost");
-        return 0;
-    }
-    if (strncmp(url, "http://", 7) == 0)
-        return parse_host_port(url + 7, ep, err, errlen);
-    if (strncmp(url, "https://", 8) == 0) {
-        ep->tls = true;
-        return parse_host_port(url + 8, ep, err, errlen);
-    }
-    snprintf(err, errlen, "the gateway URL must start with https://, http:// or unix:");
-    return -1;
-}
 
 /* ---- client ---------------------------------------------------------------- */
 
@@ -170,7 +68,7 @@ struct cli *cli_new(const struct cli_opts *opts)
     c->r = reactor_new();
     if (c->r == NULL)
         gw_panic(__FILE__, __LINE__, "cannot create the event loop");
-    c->ep_ok = cli_endpoint_parse(opts->endpoint, &c->ep, err, sizeof(err)) == 0;
+    c->ep_ok = grpc_endpoint_parse(opts->endpoint, &c->ep, err, sizeof(err)) == 0;
     if (opts->token != NULL && opts->token[0] != '\0') {
         c->auth = gw_xasprintf("Bearer %s", opts->token);
         c->md[n++] = "authorization";

@@ -14,6 +14,7 @@
 
 #include "config.h"
 #include "config/config.h"
+#include "http2/grpc.h"
 
 #define DEFAULT_ENDPOINT "https://127.0.0.1:17670"
 #define DEFAULT_TIMEOUT  30
@@ -370,7 +371,7 @@ int main(int argc, char **argv)
     struct cli *c;
     char err[256];
     int first = 0, nwords = 0, rc;
-    struct cli_endpoint ep;
+    struct grpc_endpoint ep;
     ssize_t n;
 
     memset(&g, 0, sizeof(g));
@@ -388,7 +389,7 @@ int main(int argc, char **argv)
         rc = unknown_command(argc, argv, first);
         goto out;
     }
-    if (cli_endpoint_parse(g.o.endpoint, &ep, err, sizeof(err)) != 0) {
+    if (grpc_endpoint_parse(g.o.endpoint, &ep, err, sizeof(err)) != 0) {
         rc = cli_usage(NULL, "invalid gateway URL '%s': %s", g.o.endpoint, err);
         goto out;
     }

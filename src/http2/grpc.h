@@ -271,6 +271,26 @@ size_t grpc_call_out_pending(const struct grpc_call *call);
 
 /* ---- client ---------------------------------------------------------------- */
 
+/* A gateway endpoint URL, parsed (grpc_endpoint_parse). The parser only
+ * reads text: host names are kept as written, resolving them (or refusing
+ * to) is the caller's business. */
+struct grpc_endpoint {
+    bool is_unix;        /* unix:/path: h2c over a Unix socket */
+    bool tls;            /* https:// */
+    char host[256];      /* TCP: host name or IP literal, without brackets; "" for unix */
+    uint16_t port;       /* TCP: 443 (https) or 80 (http) when the URL has none */
+    char path[108];      /* unix: the absolute socket path (fits sockaddr_un.sun_path) */
+    char authority[256]; /* :authority, "host:port" ("[v6]:port"); "localhost" for unix */
+};
+
+/* Parses |url|: "unix:/path", "unix:///path", "http://HOST[:PORT][/]" or
+ * "https://HOST[:PORT][/]". HOST is a name, an IPv4 literal or an IPv6
+ * literal in brackets ("[::1]"); PORT is 1..65535 in plain digits. Returns 0
+ * with |*ep| filled, or -1 with a one-phrase reason in |err| (|*ep| is then
+ * unspecified). */
+int grpc_endpoint_parse(const char *url, struct grpc_endpoint *ep, char *err,
+                        size_t errlen) GW_MUSTCHECK;
+
 struct grpc_channel_opts {
     const char *authority;       /* :authority, default "localhost" */
     const char *scheme;          /* "http" or "https", default "http" */

@@ -2,6 +2,7 @@
  * the CLI, tests). */
 #include "http2/grpc.h"
 
+#include <arpa/inet.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -545,4 +546,131 @@ struct grpc_ccall *grpc_channel_unary(struct grpc_channel *ch, const char *path,
     }
     grpc_ccall_close_send(cc);
     return cc;
+}
+
+/* ---- endpoint URLs --------------------------------------------------------- */
+
+#define HOST_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_"
+
+/* Copies the host of "host[:port]" or "[v6][:port]" (the text ends at |end|)
+ * into ep->host and points |*colon| at the ':' before the port (NULL: none). */
+static int split_host(const char *hp, const char *end, struct grpc_endpoint *ep, const char **colon,
+                      char *err, size_t errlen)
+{
+    const char *h = hp, *hend;
+    size_t len;
+
+    *colon = NULL;
+    if (*hp == '[') {
+        const char *rb = memchr(hp, ']', (size_t)(end - hp));
+        if (rb == NULL) {
+            snprintf(err, errlen, "missing ']' after the IPv6 address");
+            return -1;
+        }
+        if (rb + 1 != end && rb[1] != ':') {
+            snprintf(err, errlen, "unexpected text after ']'");
+            return -1;
+        }
+        *colon = rb + 1 != end ? rb + 1 : NULL;
+        h = hp + 1;
+        hend = rb;
+    } else {
+        *colon = memchr(hp, ':', (size_t)(end - hp));
+        hend = *colon != NULL ? *colon : end;
+        if (*colon != NULL && memchr(*colon + 1, ':', (size_t)(end - *colon - 1)) != NULL) {
+            snprintf(err, errlen, "an IPv6 address needs brackets: [addr]:port");
+            return -1;
+        }
+    }
+    len = (size_t)(hend - h);
+    if (len == 0) {
+        snprintf(err, errlen, "the host is empty");
+        return -1;
+    }
+    if (len >= sizeof(ep->host)) {
+        snprintf(err, errlen, "the host name is too long");
+        return -1;
+    }
+    memcpy(ep->host, h, len);
+    ep->host[len] = '\0';
+    if (*hp == '[') {
+        unsigned char a6[16];
+        if (inet_pton(AF_INET6, ep->host, a6) != 1) {
+            snprintf(err, errlen, "'[%.64s]' is not an IPv6 address", ep->host);
+            return -1;
+        }
+    } else if (strspn(ep->host, HOST_CHARS) != len) {
+        snprintf(err, errlen,
+                 "the host '%.64s' has characters other than letters, digits, '.', '-' and '_'",
+                 ep->host);
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_host_port(const char *hp, struct grpc_endpoint *ep, char *err, size_t errlen)
+{
+    const char *end = hp + strcspn(hp, "/?#");
+    const char *colon;
+    unsigned long port = ep->tls ? 443 : 80;
+    int n;
+
+    if (*end != '\0' && !(*end == '/' && end[1] == '\0')) {
+        snprintf(err, errlen, "a gateway URL has no path or query");
+        return -1;
+    }
+    if (split_host(hp, end, ep, &colon, err, errlen) != 0)
+        return -1;
+    if (colon != NULL) {
+        /* Plain digits only: no sign, no blanks (strtoul would take both). */
+        const char *p = colon + 1;
+        for (port = 0; p < end && *p >= '0' && *p <= '9' && port <= 65535; p++)
+            port = port * 10 + (unsigned long)(*p - '0');
+        if (p != end || p == colon + 1 || port < 1 || port > 65535) {
+            snprintf(err, errlen, "the port must be 1..65535");
+            return -1;
+        }
+    }
+    ep->port = (uint16_t)port;
+    n = snprintf(ep->authority, sizeof(ep->authority), *hp == '[' ? "[%s]:%u" : "%s:%u", ep->host,
+                 ep->port);
+    if (n < 0 || (size_t)n >= sizeof(ep->authority)) {
+        snprintf(err, errlen, "the host name is too long");
+        return -1;
+    }
+    return 0;
+}
+
+int grpc_endpoint_parse(const char *url, struct grpc_endpoint *ep, char *err, size_t errlen)
+{
+    memset(ep, 0, sizeof(*ep));
+    if (url == NULL || url[0] == '\0') {
+        snprintf(err, errlen, "the gateway URL is empty");
+        return -1;
+    }
+    if (strncmp(url, "unix:", 5) == 0) {
+        const char *p = url + 5;
+        if (strncmp(p, "//", 2) == 0)
+            p += 2;
+        if (p[0] != '/') {
+            snprintf(err, errlen, "a unix: gateway URL needs an absolute socket path");
+            return -1;
+        }
+        if (strlen(p) >= sizeof(ep->path)) {
+            snprintf(err, errlen, "the socket path is longer than %zu bytes", sizeof(ep->path) - 1);
+            return -1;
+        }
+        ep->is_unix = true;
+        snprintf(ep->path, sizeof(ep->path), "%s", p);
+        snprintf(ep->authority, sizeof(ep->authority), "localhost");
+        return 0;
+    }
+    if (strncmp(url, "http://", 7) == 0)
+        return parse_host_port(url + 7, ep, err, errlen);
+    if (strncmp(url, "https://", 8) == 0) {
+        ep->tls = true;
+        return parse_host_port(url + 8, ep, err, errlen);
+    }
+    snprintf(err, errlen, "the gateway URL must start with https://, http:// or unix:");
+    return -1;
 }

@@ -49,114 +49,34 @@
 
 /* ---- endpoint and token ----------------------------------------------------------- */
 
-/* Copies the host of "host[:port]" or "[v6][:port]" (ending at |end|) into
- * |ep->host| and points |*colon| at the port's ':' (NULL: none). */
-static int split_host(const char *hp, const char *end, struct sup_endpoint *ep, const char **colon,
-                      char *err, size_t errlen)
-{
-    const char *host = hp;
-    size_t hlen;
-
-    if (*hp == '[') {
-        const char *rb = memchr(hp, ']', (size_t)(end - hp));
-        if (rb == NULL) {
-            snprintf(err, errlen, "unterminated '[' in endpoint host");
-            return -1;
-        }
-        host = hp + 1;
-        hlen = (size_t)(rb - host);
-        *colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
-        if (rb + 1 < end && *colon == NULL) {
-            snprintf(err, errlen, "unexpected text after ']' in endpoint");
-            return -1;
-        }
-    } else {
-        *colon = memchr(hp, ':', (size_t)(end - hp));
-        hlen = (size_t)((*colon != NULL ? *colon : end) - hp);
-        if (*colon != NULL && memchr(*colon + 1, ':', (size_t)(end - *colon - 1)) != NULL) {
-            snprintf(err, errlen, "an IPv6 endpoint host needs brackets: [addr]:port");
-            return -1;
-        }
-    }
-    if (hlen == 0 || hlen >= sizeof(ep->host)) {
-        snprintf(err, errlen, "endpoint host is empty or too long");
-        return -1;
-    }
-    memcpy(ep->host, host, hlen);
-    ep->host[hlen] = '\0';
-    return 0;
-}
-
-static int parse_host_port(const char *hp, bool tls, struct sup_endpoint *ep, char *err,
-                           size_t errlen)
-{
-    const char *end = hp + strcspn(hp, "/?#");
-    const char *colon;
-    char *pend;
-    unsigned long port = tls ? 443 : 80;
-    unsigned char buf[sizeof(struct in6_addr)];
-
-    if (*end != '\0' && !(*end == '/' && end[1] == '\0')) {
-        snprintf(err, errlen, "endpoint must not have a path or query");
-        return -1;
-    }
-    if (split_host(hp, end, ep, &colon, err, errlen) != 0)
-        return -1;
-    if (colon != NULL) {
-        errno = 0;
-        port = strtoul(colon + 1, &pend, 10);
-        if (pend != end || colon + 1 == end || errno != 0 || port < 1 || port > 65535) {
-            snprintf(err, errlen, "endpoint port must be 1..65535");
-            return -1;
-        }
-    }
-    ep->port = (uint16_t)port;
-    if (strcmp(ep->host, "localhost") == 0) {
-        snprintf(ep->addr, sizeof(ep->addr), "127.0.0.1");
-    } else if (inet_pton(AF_INET, ep->host, buf) == 1 ||
-               (*hp == '[' && inet_pton(AF_INET6, ep->host, buf) == 1)) {
-        snprintf(ep->addr, sizeof(ep->addr), "%s", ep->host);
-    } else {
-        snprintf(err, errlen,
-                 "endpoint host '%.64s' must be a numeric IP address ([v6] in brackets) or "
-                 "localhost: names are not resolved",
-                 ep->host);
-        return -1;
-    }
-    snprintf(ep->authority, sizeof(ep->authority), *hp == '[' ? "[%s]:%u" : "%s:%u", ep->host,
-             ep->port);
-    return 0;
-}
-
 int sup_endpoint_parse(const char *url, struct sup_endpoint *out, char *err, size_t errlen)
 {
+    unsigned char buf[sizeof(struct in6_addr)];
+    const char *host;
+    int af = AF_INET;
+
     memset(out, 0, sizeof(*out));
-    if (url == NULL || url[0] == '\0') {
-        snprintf(err, errlen, "endpoint is empty");
+    if (grpc_endpoint_parse(url, &out->gw, err, errlen) != 0)
         return -1;
-    }
-    if (strncmp(url, "unix:", 5) == 0) {
-        const char *p = url + 5;
-        if (strncmp(p, "//", 2) == 0)
-            p += 2;
-        if (p[0] == '\0' || strlen(p) >= sizeof(out->path)) {
-            snprintf(err, errlen, "unix endpoint path is empty or longer than %zu bytes",
-                     sizeof(out->path) - 1);
+    if (out->gw.is_unix)
+        return 0;
+    /* grpc_endpoint_parse() takes an IPv6 literal only in brackets. */
+    host = strcmp(out->gw.host, "localhost") == 0 ? "127.0.0.1" : out->gw.host;
+    if (inet_pton(AF_INET, host, buf) != 1) {
+        af = AF_INET6;
+        if (inet_pton(AF_INET6, host, buf) != 1) {
+            snprintf(err, errlen,
+                     "endpoint host '%.64s' must be a numeric IP address ([v6] in brackets) or "
+                     "localhost: names are not resolved",
+                     out->gw.host);
             return -1;
         }
-        out->is_unix = true;
-        snprintf(out->path, sizeof(out->path), "%s", p);
-        snprintf(out->authority, sizeof(out->authority), "localhost");
-        return 0;
     }
-    if (strncmp(url, "http://", 7) == 0)
-        return parse_host_port(url + 7, false, out, err, errlen);
-    if (strncmp(url, "https://", 8) == 0) {
-        out->tls = true;
-        return parse_host_port(url + 8, true, out, err, errlen);
+    if (inet_ntop(af, buf, out->addr, sizeof(out->addr)) == NULL) {
+        snprintf(err, errlen, "cannot format endpoint address '%.64s'", out->gw.host);
+        return -1;
     }
-    snprintf(err, errlen, "endpoint must start with unix:, http:// or https://");
-    return -1;
+    return 0;
 }
 
 int sup_token_exp(const char *token, int64_t *exp_s)
@@ -303,16 +223,17 @@ static void on_dialed(struct bufferevent *bev, const struct reactor_peer *peer, 
 static struct dial *dial_start(struct sup_session *s, dial_done_fn done, void *owner, char *err,
                                size_t errlen)
 {
+    const struct grpc_endpoint *gw = &s->ep.gw;
     struct dial *d = gw_xcalloc(1, sizeof(*d));
     int rc;
 
     d->done = done;
     d->owner = owner;
-    if (s->ep.is_unix)
-        rc = reactor_connect_unix(s->r, s->ep.path, on_dialed, d);
+    if (gw->is_unix)
+        rc = reactor_connect_unix(s->r, gw->path, on_dialed, d);
     else
-        rc = reactor_connect_tcp(s->r, s->ep.addr, s->ep.port, s->ep.tls ? s->tls : NULL,
-                                 s->ep.tls ? s->ep.host : NULL, DIAL_TIMEOUT_MS, on_dialed, d);
+        rc = reactor_connect_tcp(s->r, s->ep.addr, gw->port, gw->tls ? s->tls : NULL,
+                                 gw->tls ? gw->host : NULL, DIAL_TIMEOUT_MS, on_dialed, d);
     if (rc != 0) {
         snprintf(err, errlen, "cannot connect to the endpoint: %s",
                  rc == REACTOR_ERR_ADDR  ? "unusable address"
@@ -339,8 +260,8 @@ static struct grpc_channel *channel_new(struct sup_session *s, struct buffereven
 {
     struct chan_link *l = gw_xcalloc(1, sizeof(*l));
     struct grpc_channel_opts o = {
-        .authority = s->ep.authority,
-        .scheme = s->ep.tls ? "https" : "http",
+        .authority = s->ep.gw.authority,
+        .scheme = s->ep.gw.tls ? "https" : "http",
         .keepalive_ms = KEEPALIVE_MS,
         .on_close = on_chan_close,
         .arg = l,
@@ -952,7 +873,7 @@ static void session_accepted(struct sup_session *s, const Openshell__V1__Session
     s->failures = 0;
     reactor_timer_arm_periodic(s->heartbeat, (uint64_t)hb * 1000);
     log_info("supervisor.session_connected", LF_STR("session_id", s->session_id),
-             LF_STR("endpoint", s->ep.is_unix ? s->ep.path : s->ep.authority),
+             LF_STR("endpoint", s->ep.gw.is_unix ? s->ep.gw.path : s->ep.gw.authority),
              LF_UINT("heartbeat_s", hb));
     slog(s, LOG_INFO, "session with the gateway connected (session %s)", s->session_id);
     s->push_retry_at_us = 0;
@@ -1050,7 +971,8 @@ static void session_dialed(void *owner, struct bufferevent *bev, const char *err
     s->dial = NULL;
     if (bev == NULL) {
         char why[300];
-        snprintf(why, sizeof(why), "connect %s: %s", s->ep.is_unix ? s->ep.path : s->ep.authority,
+        snprintf(why, sizeof(why), "connect %s: %s",
+                 s->ep.gw.is_unix ? s->ep.gw.path : s->ep.gw.authority,
                  err != NULL ? err : "failed");
         session_end(s, -1, why);
         return;
@@ -1140,7 +1062,7 @@ struct sup_session *sup_session_new(struct reactor *r, const struct sup_session_
     s = gw_xcalloc(1, sizeof(*s));
     s->r = r;
     s->ep = *o->endpoint;
-    if (s->ep.tls) {
+    if (s->ep.gw.tls) {
         s->tls = reactor_tls_client_ctx(o->ca_file, NULL, NULL, false, err, errlen);
         if (s->tls == NULL) {
             free(s);

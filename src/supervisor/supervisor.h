@@ -23,25 +23,21 @@
 #include <sys/types.h>
 
 #include "base/base.h"
+#include "http2/grpc.h"
 
 struct reactor;
-struct grpc_channel;
 struct Openshell__V1__RelayOpen;
 
 /* ---- gateway endpoint and token (sup_session.c) ---------------------------------
  *
- * OPENSHELL_ENDPOINT forms: "unix:/path", "unix:///path", "http://host:port",
- * "https://host:port" with |host| a numeric IPv4/IPv6 address ("[::1]") or
- * "localhost" (dialed as 127.0.0.1): the loop never resolves names.
+ * OPENSHELL_ENDPOINT forms are grpc_endpoint_parse()'s ("unix:/path",
+ * "unix:///path", "http://host[:port]", "https://host[:port]") with one
+ * more rule: |host| is a numeric IPv4/IPv6 address ("[::1]") or "localhost"
+ * (dialed as 127.0.0.1), since the loop never resolves names.
  */
 struct sup_endpoint {
-    bool is_unix;
-    bool tls;           /* https */
-    char path[108];     /* is_unix: the socket path */
-    char addr[64];      /* TCP: numeric address to dial, without brackets */
-    uint16_t port;      /* TCP */
-    char host[64];      /* TCP: host as written (without brackets), for TLS names */
-    char authority[96]; /* :authority, "host:port" or "localhost" for Unix */
+    struct grpc_endpoint gw; /* as parsed; gw.host is kept for TLS names */
+    char addr[64];           /* TCP: numeric address to dial, without brackets */
 };
 
 /* Parses |url| into |out|. Returns 0, or -1 with a one-line reason in |err|. */
