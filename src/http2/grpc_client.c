@@ -141,6 +141,23 @@ static void finish_from_trailers(struct grpc_ccall *cc)
 
 static size_t c_feed(struct grpc_ccall *cc, const uint8_t *data, size_t len);
 
+/* Feeds the messages a pause held back in |cc->in| (all of them when the
+ * stream is ending, else until paused again), acknowledging the bytes to
+ * HTTP/2 flow control. The caller holds a depth reference. */
+static void feed_held(struct grpc_ccall *cc)
+{
+    while (cc->in != NULL && evbuffer_get_length(cc->in) > 0 && !cc->done &&
+           (!cc->paused || cc->ending)) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(cc->in, -1, NULL, &v, 1) < 1)
+            break;
+        size_t used = c_feed(cc, v.iov_base, v.iov_len);
+        evbuffer_drain(cc->in, used);
+        if (!cc->detached)
+            h2_conn_consume(cc->ch->h2, &cc->st, used);
+    }
+}
+
 /* The stream ended while grpc_ccall_pause_recv() held messages back:
  * delivers them now, paused or not, so none is lost. They are at most a
  * stream window of bytes (never consumed, so never acknowledged). Returns
@@ -150,15 +167,7 @@ static bool deliver_held(struct grpc_ccall *cc)
 {
     cc->ending = true;
     cc->depth++;
-    while (cc->in != NULL && evbuffer_get_length(cc->in) > 0 && !cc->done) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(cc->in, -1, NULL, &v, 1) < 1)
-            break;
-        size_t used = c_feed(cc, v.iov_base, v.iov_len);
-        evbuffer_drain(cc->in, used);
-        if (!cc->detached)
-            h2_conn_consume(cc->ch->h2, &cc->st, used);
-    }
+    feed_held(cc);
     cc->depth--;
     if (!cc->done)
         return true;
@@ -510,15 +519,7 @@ void grpc_ccall_pause_recv(struct grpc_ccall *cc, bool paused)
     if (paused || cc->done)
         return;
     cc->depth++;
-    while (cc->in != NULL && evbuffer_get_length(cc->in) > 0 && !cc->done && !cc->paused) {
-        struct evbuffer_iovec v;
-        if (evbuffer_peek(cc->in, -1, NULL, &v, 1) < 1)
-            break;
-        size_t used = c_feed(cc, v.iov_base, v.iov_len);
-        evbuffer_drain(cc->in, used);
-        if (!cc->detached)
-            h2_conn_consume(cc->ch->h2, &cc->st, used);
-    }
+    feed_held(cc);
     cc->depth--;
     if (cc->done && cc->depth == 0)
         ccall_free(cc);
