@@ -10,10 +10,10 @@ this test failing.
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +122,40 @@ def test_readme_quickstart(workdir, port_lock, request):
     assert run.returncode == 0, "the gateway exits 0 on SIGTERM"
     wait_no_procs("quickstart sandboxes", timeout=15, tokens=[str(state)], dirs=[state])
     assert not procs_matching(tokens=[str(workdir)])
+
+
+def building_by_hand_block():
+    text = README.read_text()
+    m = re.search(r"^## Building by hand\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert m, "README.md has no '## Building by hand' section"
+    lines = [ln[4:] for ln in m.group(1).splitlines() if ln.startswith("    ")]
+    assert lines, "the section has no indented command block"
+    return "\n".join(lines) + "\n", m.group(1)
+
+
+def test_building_by_hand(tmp_path):
+    """The hand-build commands, in a copy of the tracked sources (what a
+    fresh clone has), then the options and targets the section names."""
+    block, section = building_by_hand_block()
+    src = tmp_path / "src"
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO_ROOT, capture_output=True,
+                           check=True).stdout.split(b"\0")
+    for f in filter(None, files):
+        rel = f.decode()
+        if not (REPO_ROOT / rel).is_file():
+            continue
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO_ROOT / rel, src / rel)
+    env = dict(os.environ, MAKEFLAGS=f"-j{os.cpu_count() or 2}")
+    r = subprocess.run(["bash", "-euxo", "pipefail", "-c", block], cwd=src, env=env,
+                       capture_output=True, text=True, timeout=1500)
+    assert r.returncode == 0, f"Building by hand failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    assert (src / "build" / "openshell-gateway").exists()
+    assert (src / "build" / "openshell").exists()
+    opts = subprocess.run(["./configure", "--help"], cwd=src, capture_output=True, text=True,
+                          timeout=60).stdout
+    for opt in re.findall(r"`(--[a-z-]+)", section):
+        assert opt in opts, f"README names {opt}, ./configure --help does not"
+    r = subprocess.run(["make", "format-check"], cwd=src / "build", capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -9,7 +9,7 @@ BUILD_PKGS="build-essential autoconf automake libtool pkg-config \
   zlib1g-dev libssh-dev"
 RUN_PKGS="postgresql openssl openssh-client"
 TEST_PKGS="libcmocka-dev python3-grpcio python3-protobuf protobuf-compiler-grpc \
-  python3-pytest nghttp2-client clang libclang-rt-14-dev libfuzzer-14-dev \
+  python3-pytest nghttp2-client clang clang-format libclang-rt-14-dev libfuzzer-14-dev \
   procps util-linux systemd"
 
 case "${1:-run}" in

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the test dependencies on Debian 12, then runs every check:
 # unit tests (plain and under ASan/UBSan), the proto contract check, the
-# config docs check, a bounded fuzz smoke run and the e2e suite.
+# config docs check, the clang-format check, a bounded fuzz smoke run and
+# the e2e suite.
 # The last line reads "N passed, N failed".
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -40,6 +41,7 @@ fi
 
 step "proto contract check" /usr/bin/python3 scripts/check_proto_contract.py
 step "config docs check" sh scripts/check_config_docs.sh build/openshell-gateway
+step "format check" make -C build format-check --no-print-directory
 
 if [ "${SKIP_FUZZ:-0}" != 1 ]; then
     step "fuzz smoke" sh -c "scripts/build.sh '$top/build-fuzz' --enable-fuzzing CC=clang >/dev/null && make -C build-fuzz fuzz-smoke FUZZ_SECONDS=${FUZZ_SECONDS:-15} --no-print-directory"

@@ -1095,7 +1095,8 @@ static void test_driver_plan_remote_endpoints(void **state)
 {
     struct driver_plan p;
     char err[ERRLEN];
-    assert_int_equal(RESOLVE(&p, err, "--drivers", "mydrv", "--compute-driver-socket", "/run/d.sock"), 0);
+    assert_int_equal(
+        RESOLVE(&p, err, "--drivers", "mydrv", "--compute-driver-socket", "/run/d.sock"), 0);
     assert_string_equal(p.name, "mydrv");
     assert_false(p.managed);
     assert_string_equal(p.socket_path, "/run/d.sock");
@@ -1129,8 +1130,8 @@ static void test_driver_plan_refusals(void **state)
     unlink(file_path);
     unsetenv("OPENSHELL_GATEWAY_CONFIG");
     /* Built-in but not in this binary. */
-    EXPECT_PLAN_ERR("'vm' is not shipped in this build (this gateway ships: process)",
-                    "--drivers", "vm");
+    EXPECT_PLAN_ERR("'vm' is not shipped in this build (this gateway ships: process)", "--drivers",
+                    "vm");
     /* An extension name needs a socket. */
     EXPECT_PLAN_ERR("driver 'mydrv' is not built in and has no socket", "--drivers", "mydrv");
     /* Managed-only options under a remote driver. */

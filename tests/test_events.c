@@ -81,8 +81,8 @@ static void test_events_ring_reset_keeps_shared_events(void **state)
 static void test_events_event_new_copies_strings(void **state)
 {
     char kind[] = "sandbox.deleted";
-    struct events_event *e = events_event_new(7, 5, NULL, "n", "ws", kind, NULL, NULL, "bob",
-                                              NULL, NULL, NULL);
+    struct events_event *e =
+        events_event_new(7, 5, NULL, "n", "ws", kind, NULL, NULL, "bob", NULL, NULL, NULL);
     kind[0] = 'X';
     assert_string_equal(e->kind, "sandbox.deleted");
     assert_string_equal(e->sandbox_id, "");

@@ -271,9 +271,9 @@ static void test_server_stream_delivers_all(void **state)
 
 static void test_client_stream_counts(void **state)
 {
-    struct grpc_ccall *cc = grpc_channel_start(
-        F->ch, "/t.T/Collect", &openshell__diag__v1__collect_summary__descriptor, NULL, 0, on_msg,
-        on_done, NULL);
+    struct grpc_ccall *cc =
+        grpc_channel_start(F->ch, "/t.T/Collect", &openshell__diag__v1__collect_summary__descriptor,
+                           NULL, 0, on_msg, on_done, NULL);
     Openshell__Diag__V1__EchoMessage m = OPENSHELL__DIAG__V1__ECHO_MESSAGE__INIT;
     for (int i = 0; i < 300; i++)
         assert_true(grpc_ccall_send(cc, &m.base) >= 0);
@@ -399,8 +399,8 @@ static void test_backpressure_bounds_buffering(void **state)
     r.count = 0; /* infinite */
     r.size = 65536;
     struct grpc_ccall *cc = grpc_channel_unary(F->ch, "/t.T/Stream", &r.base,
-                                               &openshell__diag__v1__stream_chunk__descriptor,
-                                               NULL, 0, on_msg, on_done, NULL);
+                                               &openshell__diag__v1__stream_chunk__descriptor, NULL,
+                                               0, on_msg, on_done, NULL);
     grpc_ccall_pause_recv(cc, true);
     run_until(producer_blocked);
     /* Let the loop spin: a paused reader must not make the server produce. */
@@ -428,8 +428,8 @@ static void test_paused_stream_end_delivers_all(void **state)
     r.count = 8;
     r.size = 65536;
     struct grpc_ccall *cc = grpc_channel_unary(F->ch, "/t.T/Stream", &r.base,
-                                               &openshell__diag__v1__stream_chunk__descriptor,
-                                               NULL, 0, on_msg, on_done, NULL);
+                                               &openshell__diag__v1__stream_chunk__descriptor, NULL,
+                                               0, on_msg, on_done, NULL);
     grpc_ccall_pause_recv(cc, true);
     for (int i = 0; i < 400 && !F->done; i++)
         event_base_loop(F->base, EVLOOP_NONBLOCK);

@@ -1149,7 +1149,8 @@ static void test_pbjson_dumps_spec(void **state)
     Openshell__V1__SandboxTemplate *t = tmpl_of(s);
     t->image = sdup("host");
     TMPL_LABEL_ADD(t, "app", "web");
-    t->driver_config = S("{'process': {'network': 'isolated', 'pids_limit': 64}, 'x': [1, true, null]}");
+    t->driver_config =
+        S("{'process': {'network': 'isolated', 'pids_limit': 64}, 'x': [1, true, null]}");
     t->_user_namespaces_case = OPENSHELL__V1__SANDBOX_TEMPLATE___USER_NAMESPACES_USER_NAMESPACES;
     t->user_namespaces = false; /* set, even though false: presence is kept */
     s->resource_requirements = msg(&openshell__v1__resource_requirements__descriptor);

@@ -40,10 +40,8 @@ struct api *api_new(struct event_base *base, struct grpc_server *srv, const stru
         register_table(a, api_workspace_methods) != 0 ||
         register_table(a, api_sandbox_methods) != 0 ||
         register_table(a, api_lifecycle_methods) != 0 ||
-        register_table(a, api_session_methods) != 0 ||
-        register_table(a, api_exec_methods) != 0 ||
-        register_table(a, api_forward_methods) != 0 ||
-        register_table(a, api_logs_methods) != 0)
+        register_table(a, api_session_methods) != 0 || register_table(a, api_exec_methods) != 0 ||
+        register_table(a, api_forward_methods) != 0 || register_table(a, api_logs_methods) != 0)
         goto fail;
     if (o->enable_diagnostics && register_table(a, api_diag_methods) != 0)
         goto fail;
@@ -94,7 +92,8 @@ void api_set_drivers(struct api *a, const struct api_driver_info *drivers, size_
     a->drivers = gw_xcalloc(n ? n : 1, sizeof(*a->drivers));
     for (size_t i = 0; i < n; i++) {
         a->drivers[i].name = gw_xstrdup(drivers[i].name ? drivers[i].name : "");
-        a->drivers[i].driver_name = gw_xstrdup(drivers[i].driver_name ? drivers[i].driver_name : "");
+        a->drivers[i].driver_name =
+            gw_xstrdup(drivers[i].driver_name ? drivers[i].driver_name : "");
         a->drivers[i].driver_version =
             gw_xstrdup(drivers[i].driver_version ? drivers[i].driver_version : "");
     }

@@ -39,7 +39,7 @@ enum api_principal_kind {
  * call ends. */
 struct api_principal {
     enum api_principal_kind kind;
-    const char *subject;           /* user subject, or spiffe id for sandboxes */
+    const char *subject; /* user subject, or spiffe id for sandboxes */
     const char *display_name;
     const char *identity_provider; /* "mtls", "local_dev", "oidc", ... */
     const char *sandbox_id;        /* sandbox principals only */
@@ -78,11 +78,11 @@ struct api_token_exchange {
 };
 
 struct api_opts {
-    const char *version;      /* gateway version string */
-    struct store *store;      /* NULL: the store-backed services answer UNAVAILABLE */
-    struct events_hub *hub;   /* lifecycle event fan-out (with |store|) */
-    bool enable_diagnostics;  /* register openshell.diag.v1.Diagnostics */
-    bool mtls_user_auth;      /* verified client certificates name the user */
+    const char *version;     /* gateway version string */
+    struct store *store;     /* NULL: the store-backed services answer UNAVAILABLE */
+    struct events_hub *hub;  /* lifecycle event fan-out (with |store|) */
+    bool enable_diagnostics; /* register openshell.diag.v1.Diagnostics */
+    bool mtls_user_auth;     /* verified client certificates name the user */
     /* Sandbox identity (semantics.md §15): the signing keys (borrowed, must
      * outlive the api; NULL = no sandbox principals: supervisor RPCs are
      * refused and CreateSandbox hands out no token), the issuer and
@@ -122,8 +122,8 @@ void api_set_driver(struct api *a, struct driver *d);
  * the watch stream (re)opens. */
 void api_compute_on_driver_state(struct driver *d, enum driver_state st, const char *why,
                                  void *arg);
-void api_compute_on_watch(struct driver *d,
-                          const Openshell__Compute__V1__WatchSandboxesEvent *ev, void *arg);
+void api_compute_on_watch(struct driver *d, const Openshell__Compute__V1__WatchSandboxesEvent *ev,
+                          void *arg);
 void api_compute_on_watch_open(struct driver *d, void *arg);
 /* Starts a reconciliation of store and driver now (coalesced with one in
  * progress); the gateway calls it when the database comes back. */

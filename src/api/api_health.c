@@ -43,10 +43,12 @@ static void gateway_info(struct grpc_call *call, void *msg)
     Openshell__V1__GetGatewayInfoResponse resp = OPENSHELL__V1__GET_GATEWAY_INFO_RESPONSE__INIT;
     resp.status = OPENSHELL__V1__SERVICE_STATUS__SERVICE_STATUS_HEALTHY;
     resp.gateway_version = a->version;
-    Openshell__V1__ComputeDriverInfo *infos = grpc_call_alloc(call, sizeof(*infos) * (a->n_drivers + 1));
+    Openshell__V1__ComputeDriverInfo *infos =
+        grpc_call_alloc(call, sizeof(*infos) * (a->n_drivers + 1));
     Openshell__V1__ComputeDriverCapabilities *caps =
         grpc_call_alloc(call, sizeof(*caps) * (a->n_drivers + 1));
-    Openshell__V1__ComputeDriverInfo **ptrs = grpc_call_alloc(call, sizeof(*ptrs) * (a->n_drivers + 1));
+    Openshell__V1__ComputeDriverInfo **ptrs =
+        grpc_call_alloc(call, sizeof(*ptrs) * (a->n_drivers + 1));
     for (size_t i = 0; i < a->n_drivers; i++) {
         openshell__v1__compute_driver_info__init(&infos[i]);
         openshell__v1__compute_driver_capabilities__init(&caps[i]);
@@ -174,9 +176,9 @@ const struct grpc_method api_health_methods[] = {
      &openshell__v1__health_response__descriptor, &health_h, NULL, API_AUTH_UNAUTHENTICATED},
     {"/openshell.v1.OpenShell/GetGatewayInfo", GRPC_UNARY,
      &openshell__v1__get_gateway_info_request__descriptor,
-     &openshell__v1__get_gateway_info_response__descriptor, &gateway_info_h, NULL,
-     API_AUTH_BEARER},
-    {"/grpc.health.v1.Health/Check", GRPC_UNARY, &grpc__health__v1__health_check_request__descriptor,
+     &openshell__v1__get_gateway_info_response__descriptor, &gateway_info_h, NULL, API_AUTH_BEARER},
+    {"/grpc.health.v1.Health/Check", GRPC_UNARY,
+     &grpc__health__v1__health_check_request__descriptor,
      &grpc__health__v1__health_check_response__descriptor, &check_h, NULL,
      API_AUTH_UNAUTHENTICATED},
     {"/grpc.health.v1.Health/Watch", GRPC_SERVER_STREAM,

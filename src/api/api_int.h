@@ -31,8 +31,8 @@ struct api {
     struct ev_stream *ev_streams; /* open Subscribe / WatchSandbox streams */
     struct reflection_index *refl;
     struct diag_state *diag;
-    struct driver *driver;        /* the compute driver (borrowed), NULL until attached */
-    struct api_compute *compute;  /* gates, observations, reconciliation */
+    struct driver *driver;         /* the compute driver (borrowed), NULL until attached */
+    struct api_compute *compute;   /* gates, observations, reconciliation */
     struct api_detached *detached; /* work that outlives its call (api_common.c) */
     struct api_sessions *sessions; /* supervisor sessions and relays (api_session.c) */
     struct api_logs *logs;         /* per-sandbox log buffers and watchers (api_logs.c) */
@@ -55,8 +55,9 @@ extern const struct grpc_method api_diag_methods[];
 extern const struct grpc_method api_lifecycle_methods[];
 extern const struct grpc_method api_session_methods[]; /* ConnectSupervisor, RelayStream, ... */
 extern const struct grpc_method api_exec_methods[];    /* ExecSandbox, ExecSandboxInteractive */
-extern const struct grpc_method api_forward_methods[]; /* CreateSshSession, RevokeSshSession, ForwardTcp */
-extern const struct grpc_method api_logs_methods[];    /* GetSandboxLogs, PushSandboxLogs */
+extern const struct grpc_method
+    api_forward_methods[]; /* CreateSshSession, RevokeSshSession, ForwardTcp */
+extern const struct grpc_method api_logs_methods[]; /* GetSandboxLogs, PushSandboxLogs */
 
 /* grpc.health.v1 */
 void api_health_notify(struct api *a);
@@ -80,8 +81,7 @@ struct store_result;
  * UNAVAILABLE when the database is unreachable or timed out, ALREADY_EXISTS
  * on unique violations (|what| names the object, e.g. "workspace 'x'"),
  * INTERNAL otherwise. The one place store errors become statuses. */
-void api_finish_store_error(struct grpc_call *call, const struct store_result *r,
-                            const char *what);
+void api_finish_store_error(struct grpc_call *call, const struct store_result *r, const char *what);
 /* Finishes with UNAVAILABLE when the store is missing or down; returns
  * true if it did (the handler must return). */
 bool api_store_unavailable(struct grpc_call *call);
@@ -454,9 +454,8 @@ struct api_relay_target {
  * relay, or NULL with |*status| / |*msg| (static) set: RESOURCE_EXHAUSTED
  * "too many pending relays" (256 in total / 32 per sandbox). */
 struct api_relay *api_relay_open(struct api *a, const char *sandbox_id,
-                                 const struct api_relay_target *t,
-                                 const struct api_relay_ops *ops, void *arg, int *status,
-                                 const char **msg);
+                                 const struct api_relay_target *t, const struct api_relay_ops *ops,
+                                 void *arg, int *status, const char **msg);
 /* Queues |len| bytes toward the target (split into chunks of at most
  * 16 KiB). Before on_open the bytes wait in the relay and the result is
  * API_RELAY_FULL. */
@@ -590,9 +589,8 @@ struct api_log_watch *api_logs_watch(struct api *a, const char *sandbox_id, uint
  * at the end of the replay. |*dropped| receives how many lines were
  * evicted before the reader took them since the last call (may be > 0
  * with a NULL result too). */
-const struct Openshell__V1__SandboxLogLine *api_logs_watch_next(struct api_log_watch *w,
-                                                                bool replay_only,
-                                                                uint64_t *dropped);
+const struct Openshell__V1__SandboxLogLine *
+api_logs_watch_next(struct api_log_watch *w, bool replay_only, uint64_t *dropped);
 /* Whether replay lines remain to be taken. */
 bool api_logs_watch_replaying(const struct api_log_watch *w);
 void api_logs_unwatch(struct api_log_watch *w);
@@ -703,8 +701,8 @@ struct api_ssh_ops {
 
 struct api_ssh_params {
     const char *sandbox_id;
-    const char *command;   /* the remote command string */
-    bool tty;              /* request a PTY of |cols| x |rows| */
+    const char *command; /* the remote command string */
+    bool tty;            /* request a PTY of |cols| x |rows| */
     uint32_t cols, rows;
     uint32_t timeout_secs; /* 0 = none; counted from the relay's claim */
 };

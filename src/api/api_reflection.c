@@ -32,8 +32,7 @@ static void add_symbol(struct reflection_index *ix, const char *prefix, const ch
         ix->cap_syms = ix->cap_syms ? ix->cap_syms * 2 : 256;
         ix->syms = gw_xrealloc(ix->syms, ix->cap_syms * sizeof(*ix->syms));
     }
-    ix->syms[ix->n_syms].name =
-        prefix[0] ? gw_xasprintf("%s.%s", prefix, name) : gw_xstrdup(name);
+    ix->syms[ix->n_syms].name = prefix[0] ? gw_xasprintf("%s.%s", prefix, name) : gw_xstrdup(name);
     ix->syms[ix->n_syms].file = file;
     ix->n_syms++;
 }
@@ -81,7 +80,7 @@ struct reflection_index *api_reflection_index_new(void)
 {
     struct reflection_index *ix = gw_xcalloc(1, sizeof(*ix));
     ix->set = google__protobuf__file_descriptor_set__unpack(NULL, gw_descriptor_set_len,
-                                                             gw_descriptor_set);
+                                                            gw_descriptor_set);
     if (ix->set == NULL) {
         log_error("reflection.bad_descriptor_set");
         free(ix);
@@ -194,7 +193,8 @@ static void reply_files(struct grpc_call *call, const struct reflection_index *i
     r->files.file_descriptor_proto = grpc_call_scratch_alloc(call, n * sizeof(ProtobufCBinaryData));
     for (size_t i = 0; i < n; i++)
         r->files.file_descriptor_proto[i] = ix->bytes[order[i]];
-    r->resp.message_response_case = GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
+    r->resp.message_response_case =
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_FILE_DESCRIPTOR_RESPONSE;
     r->resp.file_descriptor_response = &r->files;
 }
 
@@ -205,8 +205,10 @@ static void reply_services(struct grpc_call *call, struct api *a, struct refl_re
     size_t cap = 0, n = 0;
     for (size_t i = 0; i < ix->set->n_file; i++)
         cap += ix->set->file[i]->n_service;
-    Grpc__Reflection__V1alpha__ServiceResponse *svcs = grpc_call_scratch_alloc(call, (cap + 1) * sizeof(*svcs));
-    Grpc__Reflection__V1alpha__ServiceResponse **ptrs = grpc_call_scratch_alloc(call, (cap + 1) * sizeof(*ptrs));
+    Grpc__Reflection__V1alpha__ServiceResponse *svcs =
+        grpc_call_scratch_alloc(call, (cap + 1) * sizeof(*svcs));
+    Grpc__Reflection__V1alpha__ServiceResponse **ptrs =
+        grpc_call_scratch_alloc(call, (cap + 1) * sizeof(*ptrs));
     for (size_t i = 0; i < ix->set->n_file; i++) {
         const Google__Protobuf__FileDescriptorProto *f = ix->set->file[i];
         for (size_t j = 0; j < f->n_service; j++) {
@@ -262,7 +264,8 @@ static void reply_extension_numbers(struct grpc_call *call, const struct reflect
                 r->exts.extension_number[r->exts.n_extension_number++] = f->extension[j]->number;
         }
     }
-    r->resp.message_response_case = GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE;
+    r->resp.message_response_case =
+        GRPC__REFLECTION__V1ALPHA__SERVER_REFLECTION_RESPONSE__MESSAGE_RESPONSE_ALL_EXTENSION_NUMBERS_RESPONSE;
     r->resp.all_extension_numbers_response = &r->exts;
 }
 

@@ -297,8 +297,8 @@ void log_emit(enum log_level l, const char *event, const struct log_field *field
 
     format_time(ts, sizeof(ts));
     if (json)
-        gw_buf_appendf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\"", ts, log_level_name(l),
-                       event);
+        gw_buf_appendf(&b, "{\"ts\":\"%s\",\"level\":\"%s\",\"event\":\"%s\"", ts,
+                       log_level_name(l), event);
     else
         gw_buf_appendf(&b, "ts=%s level=%s event=%s", ts, log_level_name(l), event);
     for (const struct log_field *f = fields; f->type != LF_T_END; f++) {

@@ -18,9 +18,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define GW_MUSTCHECK __attribute__((warn_unused_result))
-#define GW_UNUSED    __attribute__((unused))
-#define GW_NORETURN  __attribute__((noreturn))
+#define GW_MUSTCHECK    __attribute__((warn_unused_result))
+#define GW_UNUSED       __attribute__((unused))
+#define GW_NORETURN     __attribute__((noreturn))
 #define GW_PRINTF(f, a) __attribute__((format(printf, f, a)))
 #define GW_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 #define GW_MIN(a, b)    ((a) < (b) ? (a) : (b))

@@ -75,19 +75,19 @@ struct config {
     char **drivers;  /* NULL-terminated list of normalized names */
     size_t n_drivers;
     char *compute_driver_socket;
-    bool allow_driver_name_mismatch; /* GetCapabilities name may differ from the configured */
+    bool allow_driver_name_mismatch;    /* GetCapabilities name may differ from the configured */
     uint32_t driver_connect_timeout_ms; /* startup budget to reach a driver, default 30000 */
     struct config_driver *driver_tables;
     size_t n_driver_tables;
 
     /* supervisors and sandbox identity */
-    char *supervisor_socket;   /* NULL: <state_dir>/run/supervisor.sock */
-    char *sandbox_endpoint;    /* NULL: unix:<supervisor_socket> */
-    char *jwt_signing_key;     /* NULL: <state_dir>/jwt/signing_key.pem */
-    char *jwt_public_key;      /* NULL: <state_dir>/jwt/public_key.pem */
-    char *jwt_kid_file;        /* NULL: <state_dir>/jwt/kid */
-    char *jwt_gateway_id;      /* default "openshell" */
-    uint32_t jwt_ttl_secs;     /* default 0 = never expires */
+    char *supervisor_socket;       /* NULL: <state_dir>/run/supervisor.sock */
+    char *sandbox_endpoint;        /* NULL: unix:<supervisor_socket> */
+    char *jwt_signing_key;         /* NULL: <state_dir>/jwt/signing_key.pem */
+    char *jwt_public_key;          /* NULL: <state_dir>/jwt/public_key.pem */
+    char *jwt_kid_file;            /* NULL: <state_dir>/jwt/kid */
+    char *jwt_gateway_id;          /* default "openshell" */
+    uint32_t jwt_ttl_secs;         /* default 0 = never expires */
     uint32_t ssh_session_ttl_secs; /* default 86400 */
 
     /* gRPC limits */

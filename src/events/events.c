@@ -11,7 +11,7 @@
 #include "reactor/reactor.h"
 #include "store/store.h"
 
-#define FETCH_LIMIT "1000"
+#define FETCH_LIMIT     "1000"
 #define SEQUENCER_BATCH 10000 /* LIMIT in gw_sequence_events() */
 
 /* ---- events -------------------------------------------------------------- */
@@ -32,8 +32,8 @@ struct events_event *events_event_new(uint64_t seq, int64_t created_at_ms, const
     /* One allocation: the struct, then the strings. */
     struct events_event *ev = gw_xmalloc(sizeof(*ev) + total);
     char *p = (char *)(ev + 1);
-    const char **dst[] = {&ev->sandbox_id, &ev->sandbox_name, &ev->workspace, &ev->kind,
-                          &ev->prev_phase, &ev->new_phase,    &ev->actor,     &ev->reason,
+    const char **dst[] = {&ev->sandbox_id,  &ev->sandbox_name, &ev->workspace, &ev->kind,
+                          &ev->prev_phase,  &ev->new_phase,    &ev->actor,     &ev->reason,
                           &ev->labels_json, &ev->payload_json};
     for (size_t i = 0; i < GW_ARRAY_LEN(src); i++) {
         memcpy(p, src[i] ? src[i] : "", len[i] + 1);
@@ -141,10 +141,10 @@ struct events_sub {
     events_caught_up_cb on_caught_up;
     void *arg;
     uint64_t pos;
-    bool paused;      /* consumer congested */
-    bool querying;    /* a catch-up page query is in flight */
-    bool dead;        /* freed while pumping or querying: free later */
-    bool caught_up;   /* on_caught_up delivered */
+    bool paused;    /* consumer congested */
+    bool querying;  /* a catch-up page query is in flight */
+    bool dead;      /* freed while pumping or querying: free later */
+    bool caught_up; /* on_caught_up delivered */
     int pumping;
     uint64_t query_hi; /* hub head when the page query was sent */
     struct events_event **page;
@@ -156,9 +156,9 @@ struct events_hub {
     struct store *s;
     struct events_hub_opts o;
     struct events_ring ring;
-    bool ready;         /* ring positioned at the stored head */
-    bool starting;      /* the initial ev_last query is in flight */
-    uint64_t known;     /* highest sequence announced or returned */
+    bool ready;     /* ring positioned at the stored head */
+    bool starting;  /* the initial ev_last query is in flight */
+    uint64_t known; /* highest sequence announced or returned */
     bool seq_running, seq_again;
     bool fetching;
     struct events_sub subs; /* sentinel */

@@ -97,7 +97,7 @@ bool events_filter_matches(const struct events_filter *f, const struct events_ev
 /* ---- hub -------------------------------------------------------------------- */
 
 struct events_hub_opts {
-    size_t ring_size;  /* 0 = 8192 events */
+    size_t ring_size;   /* 0 = 8192 events */
     unsigned page_size; /* catch-up page, 0 = 256 */
 };
 

@@ -21,10 +21,10 @@ struct driver;
 
 /* What the plain-HTTP listeners report. */
 struct gateway_http_status {
-    bool serving;           /* false while starting or draining */
-    unsigned connections;   /* open gRPC connections */
-    unsigned active_calls;  /* gRPC calls in flight */
-    uint64_t calls_total;   /* calls started since boot */
+    bool serving;          /* false while starting or draining */
+    unsigned connections;  /* open gRPC connections */
+    unsigned active_calls; /* gRPC calls in flight */
+    uint64_t calls_total;  /* calls started since boot */
     /* Read by /metrics at scrape time; each NULL while not running. */
     const struct api *api;
     const struct store *store;

@@ -55,8 +55,8 @@ struct gateway {
     struct events_hub *hub;
     struct driver *driver;
     struct driver_plan plan;
-    bool store_ready;  /* the database came up at least once */
-    bool driver_ready; /* the compute driver answered GetCapabilities at least once */
+    bool store_ready;        /* the database came up at least once */
+    bool driver_ready;       /* the compute driver answered GetCapabilities at least once */
     unsigned stopping_parts; /* driver and embedded database still stopping */
     enum gw_state state;
     uint64_t drain_deadline_us;
@@ -65,8 +65,7 @@ struct gateway {
 
 static void gw_set_state(struct gateway *g, enum gw_state s)
 {
-    static const char *const names[] = {"starting", "serving", "draining", "stopping",
-                                        "stopped"};
+    static const char *const names[] = {"starting", "serving", "draining", "stopping", "stopped"};
     GW_ASSERT(s >= g->state);
     log_debug("gateway.state", LF_STR("from", names[g->state]), LF_STR("to", names[s]));
     g->state = s;
@@ -319,8 +318,9 @@ static int start_listeners(struct gateway *g)
     const struct config *c = &g->cfg;
     int rv = reactor_listen_tcp(g->r, c->bind_address, c->port, g->tls, on_accept, g, &g->tcp);
     if (rv != 0) {
-        log_error("gateway.listen_failed", LF_STR("addr", c->bind_address), LF_UINT("port", c->port),
-                  LF_STR("error", rv == REACTOR_ERR_INUSE ? "address already in use" : strerror(errno)));
+        log_error(
+            "gateway.listen_failed", LF_STR("addr", c->bind_address), LF_UINT("port", c->port),
+            LF_STR("error", rv == REACTOR_ERR_INUSE ? "address already in use" : strerror(errno)));
         return -1;
     }
     uint16_t port = reactor_listener_port(g->tcp);

@@ -76,12 +76,13 @@ enum grpc_kind {
 };
 
 /* grpc_call_send() results. */
-#define GRPC_SEND_OK     0
-#define GRPC_SEND_FULL   1    /* queued; above high-water: wait for on_writable */
-#define GRPC_ERR_CLOSED  (-1) /* the call is already finished or cancelled */
-#define GRPC_ERR_TOOBIG  (-2) /* message larger than the peer's limit */
-#define GRPC_ERR_OVERRUN (-3) /* the handler ignored GRPC_SEND_FULL past the hard cap: the call
-                                 was finished with RESOURCE_EXHAUSTED; treat it as finished */
+#define GRPC_SEND_OK    0
+#define GRPC_SEND_FULL  1    /* queued; above high-water: wait for on_writable */
+#define GRPC_ERR_CLOSED (-1) /* the call is already finished or cancelled */
+#define GRPC_ERR_TOOBIG (-2) /* message larger than the peer's limit */
+#define GRPC_ERR_OVERRUN                                                                           \
+    (-3) /* the handler ignored GRPC_SEND_FULL past the hard cap: the call                         \
+            was finished with RESOURCE_EXHAUSTED; treat it as finished */
 
 /* ---- pure helpers (framing, status, timeouts): tested directly ------------ */
 
@@ -103,7 +104,7 @@ void grpc_message_decode(struct gw_buf *out, const char *val, size_t len);
 /* Incremental deframer for length-prefixed messages
  * (1 byte compressed flag, 4 bytes big-endian length, payload). */
 struct grpc_deframer {
-    uint32_t max_len;  /* larger messages fail with GRPC_DEFRAME_TOOBIG */
+    uint32_t max_len; /* larger messages fail with GRPC_DEFRAME_TOOBIG */
     uint8_t hdr[5];
     uint8_t hdr_have;
     bool compressed;
@@ -111,9 +112,9 @@ struct grpc_deframer {
     struct gw_buf payload;
 };
 
-#define GRPC_DEFRAME_NEED   0    /* consumed everything, no complete message yet */
-#define GRPC_DEFRAME_MSG    1    /* a message is complete (see deframer fields) */
-#define GRPC_DEFRAME_TOOBIG (-1) /* the announced length exceeds max_len */
+#define GRPC_DEFRAME_NEED    0    /* consumed everything, no complete message yet */
+#define GRPC_DEFRAME_MSG     1    /* a message is complete (see deframer fields) */
+#define GRPC_DEFRAME_TOOBIG  (-1) /* the announced length exceeds max_len */
 #define GRPC_DEFRAME_BADFLAG (-2) /* compressed flag neither 0 nor 1 */
 
 void grpc_deframer_init(struct grpc_deframer *d, uint32_t max_len);
@@ -129,8 +130,7 @@ void grpc_deframer_reset_msg(struct grpc_deframer *d);
 void grpc_frame_prefix(uint8_t out[5], uint32_t len);
 /* gzip-inflates |in| into |out| (reset first), failing with -1 when the
  * result would exceed |max_len| or the data is not valid gzip. */
-int grpc_gunzip(const uint8_t *in, size_t len, uint32_t max_len,
-                struct gw_buf *out) GW_MUSTCHECK;
+int grpc_gunzip(const uint8_t *in, size_t len, uint32_t max_len, struct gw_buf *out) GW_MUSTCHECK;
 
 /* ---- server ---------------------------------------------------------------- */
 
@@ -147,24 +147,24 @@ struct grpc_method {
     const ProtobufCMessageDescriptor *request;
     const ProtobufCMessageDescriptor *response;
     const struct grpc_handler *handler;
-    void *arg;      /* method context, see grpc_call_method_arg() */
-    int auth_mode;  /* opaque to this layer; read by the call-start hook */
+    void *arg;     /* method context, see grpc_call_method_arg() */
+    int auth_mode; /* opaque to this layer; read by the call-start hook */
 };
 
 /* Runs when a call's headers arrived, before any message is delivered.
  * Return GRPC_STATUS_OK to proceed, or a status (with |*msg| set to a
  * static or call-arena string) to answer trailers-only. */
-typedef int (*grpc_call_start_hook)(struct grpc_call *call, const struct grpc_method *m,
-                                    void *arg, const char **msg);
+typedef int (*grpc_call_start_hook)(struct grpc_call *call, const struct grpc_method *m, void *arg,
+                                    const char **msg);
 
 struct grpc_server_opts {
-    uint32_t max_recv_msg_bytes;      /* 0 = 4 MiB */
-    uint32_t max_send_msg_bytes;      /* 0 = 4 MiB */
-    uint32_t max_concurrent_streams;  /* 0 = 256 */
-    uint32_t max_header_list_size;    /* 0 = 16 KiB */
-    size_t call_high_water;           /* per-call queued output before SEND_FULL, 0 = 256 KiB */
-    size_t call_hard_cap;             /* per-call output cap, 0 = 8 MiB */
-    uint32_t keepalive_ms;            /* 0 = 60 s; UINT32_MAX = off */
+    uint32_t max_recv_msg_bytes;     /* 0 = 4 MiB */
+    uint32_t max_send_msg_bytes;     /* 0 = 4 MiB */
+    uint32_t max_concurrent_streams; /* 0 = 256 */
+    uint32_t max_header_list_size;   /* 0 = 16 KiB */
+    size_t call_high_water;          /* per-call queued output before SEND_FULL, 0 = 256 KiB */
+    size_t call_hard_cap;            /* per-call output cap, 0 = 8 MiB */
+    uint32_t keepalive_ms;           /* 0 = 60 s; UINT32_MAX = off */
 };
 
 /* Caller owns, free with grpc_server_free() (after every connection closed).

@@ -92,8 +92,7 @@ size_t grpc_frame_pack(struct evbuffer *out, const ProtobufCMessage *msg, uint32
     return len + 5;
 }
 
-size_t grpc_frame_pack_raw(struct evbuffer *out, const uint8_t *data, size_t len,
-                           uint32_t max_len)
+size_t grpc_frame_pack_raw(struct evbuffer *out, const uint8_t *data, size_t len, uint32_t max_len)
 {
     uint8_t pre[5];
     if (len > max_len)
@@ -175,8 +174,8 @@ void *grpc_payload_decode(const struct grpc_deframer *d, const char *encoding,
         const struct arena *a = alloc ? alloc->allocator_data : NULL;
         bool over = a != NULL && a->pb_exhausted;
         *status = over ? GRPC_STATUS_RESOURCE_EXHAUSTED : GRPC_STATUS_INTERNAL;
-        *msg = over ? "message expands beyond the decoding memory limit"
-                    : "failed to parse message";
+        *msg =
+            over ? "message expands beyond the decoding memory limit" : "failed to parse message";
     }
 out:
     gw_buf_free(&inflated);

@@ -501,8 +501,8 @@ static ssize_t on_read_length(struct h2_stream *st, size_t max, uint32_t *flags)
         return H2_DEFER;
     }
     nghttp2_nv nva[2];
-    size_t n = grpc_trailers_build(nva, call->status, call->status_msg, call->status_text,
-                                   &call->tbuf);
+    size_t n =
+        grpc_trailers_build(nva, call->status, call->status_msg, call->status_text, &call->tbuf);
     if (h2_conn_submit_trailers(call->conn->h2, st->id, nva, n) != 0)
         return -1;
     *flags |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM;

@@ -117,8 +117,7 @@ static int hexval(char c)
 void grpc_message_decode(struct gw_buf *out, const char *val, size_t len)
 {
     for (size_t i = 0; i < len; i++) {
-        if (val[i] == '%' && i + 2 < len && hexval(val[i + 1]) >= 0 &&
-            hexval(val[i + 2]) >= 0) {
+        if (val[i] == '%' && i + 2 < len && hexval(val[i + 1]) >= 0 && hexval(val[i + 2]) >= 0) {
             char c = (char)(hexval(val[i + 1]) << 4 | hexval(val[i + 2]));
             gw_buf_append(out, &c, 1);
             i += 2;

@@ -53,7 +53,7 @@ enum h2_headers_kind {
  * first member of its own per-stream object (h2o style): fields without
  * a leading underscore are read-only for the owner, the rest belong to h2. */
 struct h2_stream {
-    int32_t id;           /* 0 until the client request is submitted */
+    int32_t id; /* 0 until the client request is submitted */
     struct h2_conn *conn;
     uint32_t _hdr_bytes;  /* header list size received so far */
     uint32_t _unconsumed; /* received DATA not yet given back to flow control */
@@ -100,14 +100,14 @@ struct h2_stream_ops {
 struct h2_conn_opts {
     enum h2_role role;
     const struct h2_stream_ops *ops;
-    void *conn_arg;                   /* passed to on_begin / on_conn_close */
-    uint32_t max_concurrent_streams;  /* server: advertised and enforced; 0 = 256 */
-    uint32_t max_header_list_size;    /* 0 = 16 KiB */
-    uint32_t initial_window_size;     /* per stream, 0 = 1 MiB */
-    uint32_t conn_window_size;        /* connection receive window, 0 = 16 MiB */
-    size_t out_high_water;            /* socket output buffer high-water, 0 = 1 MiB */
-    uint32_t keepalive_ms;            /* send PING after this idle time, 0 = off */
-    uint32_t keepalive_timeout_ms;    /* close if the PING is not answered, 0 = 20 s */
+    void *conn_arg;                  /* passed to on_begin / on_conn_close */
+    uint32_t max_concurrent_streams; /* server: advertised and enforced; 0 = 256 */
+    uint32_t max_header_list_size;   /* 0 = 16 KiB */
+    uint32_t initial_window_size;    /* per stream, 0 = 1 MiB */
+    uint32_t conn_window_size;       /* connection receive window, 0 = 16 MiB */
+    size_t out_high_water;           /* socket output buffer high-water, 0 = 1 MiB */
+    uint32_t keepalive_ms;           /* send PING after this idle time, 0 = off */
+    uint32_t keepalive_timeout_ms;   /* close if the PING is not answered, 0 = 20 s */
     /* Called once when the connection is closed and about to be freed; all
      * streams got on_close before. */
     void (*on_conn_close)(struct h2_conn *c, void *conn_arg);

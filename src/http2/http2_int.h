@@ -23,9 +23,9 @@ struct arena {
     struct arena_block *head;
     unsigned char *inline_buf; /* first block, owned by the embedding object */
     size_t inline_used, inline_cap;
-    size_t total;     /* bytes handed out */
-    size_t pb_used;   /* bytes handed to protobuf-c through arena_pb_allocator */
-    size_t pb_budget; /* protobuf-c allocations fail past this (0 = no limit) */
+    size_t total;      /* bytes handed out */
+    size_t pb_used;    /* bytes handed to protobuf-c through arena_pb_allocator */
+    size_t pb_budget;  /* protobuf-c allocations fail past this (0 = no limit) */
     bool pb_exhausted; /* a protobuf-c allocation was refused */
 };
 
@@ -59,11 +59,10 @@ const char *hdr_list_get(const struct hdr_list *l, const char *name);
 /* Serializes |msg| with the 5-byte gRPC prefix straight into |out|.
  * Returns the framed length, or 0 when the message exceeds |max_len|. */
 size_t grpc_frame_pack(struct evbuffer *out, const ProtobufCMessage *msg, uint32_t max_len);
-size_t grpc_frame_pack_raw(struct evbuffer *out, const uint8_t *data, size_t len,
-                           uint32_t max_len);
+size_t grpc_frame_pack_raw(struct evbuffer *out, const uint8_t *data, size_t len, uint32_t max_len);
 
 /* Decoding budget for one message of at most |max_len| bytes. */
-#define GRPC_DECODE_BUDGET(max_len) ((size_t)(max_len) * 2 + 64 * 1024)
+#define GRPC_DECODE_BUDGET(max_len) ((size_t)(max_len)*2 + 64 * 1024)
 
 /* Decodes one deframed payload into a message: gunzips it when compressed
  * (per |encoding|), unpacks with |alloc|. On failure returns NULL with

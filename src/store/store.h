@@ -37,10 +37,10 @@ struct pg_result;
 #define STORE_ERR_CONFIG      (-5) /* bad connection string (store_new) */
 
 struct store_result {
-    int status;             /* STORE_OK or STORE_ERR_* */
-    struct pg_result *res;  /* PGresult (tuples) on STORE_OK; borrowed during the callback */
-    const char *sqlstate;   /* five-character SQLSTATE on STORE_ERR_QUERY, else "" */
-    const char *error;      /* human text, "" on success; borrowed */
+    int status;            /* STORE_OK or STORE_ERR_* */
+    struct pg_result *res; /* PGresult (tuples) on STORE_OK; borrowed during the callback */
+    const char *sqlstate;  /* five-character SQLSTATE on STORE_ERR_QUERY, else "" */
+    const char *error;     /* human text, "" on success; borrowed */
 };
 
 /* Called exactly once per query, always from the loop (never from inside
@@ -57,10 +57,10 @@ struct store_stmt {
 };
 
 struct store_opts {
-    const char *conninfo;      /* URL or key=value string */
-    unsigned pool_size;        /* query connections, 0 = 4 */
-    unsigned query_timeout_ms; /* 0 = 10000 */
-    unsigned max_queue;        /* queries waiting for a connection, 0 = 4096 */
+    const char *conninfo;       /* URL or key=value string */
+    unsigned pool_size;         /* query connections, 0 = 4 */
+    unsigned query_timeout_ms;  /* 0 = 10000 */
+    unsigned max_queue;         /* queries waiting for a connection, 0 = 4096 */
     const char *listen_channel; /* LISTEN on this channel, NULL = none */
     /* The store became usable (first time: migrations applied) or
      * unusable. |up| false: every connection is down; queries fail fast. */
@@ -101,8 +101,8 @@ bool store_is_fatal(const struct store *s);
 const char *store_last_error(const struct store *s);
 /* Numbers for /metrics and tests. */
 unsigned store_pool_size(const struct store *s);
-unsigned store_pool_busy(const struct store *s);   /* connections with queries in flight */
-unsigned store_queue_len(const struct store *s);   /* queries waiting for a connection */
+unsigned store_pool_busy(const struct store *s); /* connections with queries in flight */
+unsigned store_queue_len(const struct store *s); /* queries waiting for a connection */
 
 /* ---- result helpers (thin wrappers over libpq, for typed queries) --------- */
 
@@ -115,8 +115,8 @@ int64_t store_get_i64(const struct store_result *r, int row, int col);
 uint8_t *store_get_bytea(const struct store_result *r, int row, int col, size_t *len);
 
 /* SQLSTATE classes callers map to gRPC statuses. */
-bool store_is_unique_violation(const struct store_result *r);  /* 23505 */
-bool store_is_raise_exception(const struct store_result *r);   /* P0001 (our functions) */
+bool store_is_unique_violation(const struct store_result *r); /* 23505 */
+bool store_is_raise_exception(const struct store_result *r);  /* P0001 (our functions) */
 
 /* ---- typed statements (store_queries.c) ------------------------------------
  *
@@ -130,8 +130,15 @@ bool store_is_raise_exception(const struct store_result *r);   /* P0001 (our fun
 /* Workspace columns: 0 id, 1 name, 2 labels (JSON text), 3 phase
  * ("ACTIVE"/"TERMINATING"), 4 created_at_ms, 5 terminating_at_ms (0 = not),
  * 6 resource_version. */
-enum { STORE_WS_ID, STORE_WS_NAME, STORE_WS_LABELS, STORE_WS_PHASE, STORE_WS_CREATED_MS,
-       STORE_WS_TERMINATING_MS, STORE_WS_RV };
+enum {
+    STORE_WS_ID,
+    STORE_WS_NAME,
+    STORE_WS_LABELS,
+    STORE_WS_PHASE,
+    STORE_WS_CREATED_MS,
+    STORE_WS_TERMINATING_MS,
+    STORE_WS_RV
+};
 extern const struct store_stmt store_ws_create; /* $1 id, $2 name, $3 labels JSON, $4 actor */
 extern const struct store_stmt store_ws_get;    /* $1 name */
 /* $1 labels JSON to contain ("{}" = all), $2 limit, $3 offset, $4 member
@@ -146,8 +153,14 @@ extern const struct store_stmt store_ws_delete_prepare;
 
 /* Member columns: 0 id, 1 workspace, 2 principal_subject, 3 role
  * ("USER"/"ADMIN"), 4 resource_version, 5 created_at_ms. */
-enum { STORE_MEM_ID, STORE_MEM_WORKSPACE, STORE_MEM_SUBJECT, STORE_MEM_ROLE, STORE_MEM_RV,
-       STORE_MEM_CREATED_MS };
+enum {
+    STORE_MEM_ID,
+    STORE_MEM_WORKSPACE,
+    STORE_MEM_SUBJECT,
+    STORE_MEM_ROLE,
+    STORE_MEM_RV,
+    STORE_MEM_CREATED_MS
+};
 /* $1 id, $2 workspace, $3 subject, $4 role, $5 actor */
 extern const struct store_stmt store_member_add;
 /* $1 workspace, $2 subject, $3 actor -> text: "removed", "absent", "not_found" */
@@ -161,9 +174,22 @@ extern const struct store_stmt store_member_role;
  * 5 labels JSON, 6 annotations JSON, 7 spec (bytea), 8 status (bytea, may
  * be NULL), 9 driver, 10 phase (SandboxPhase name without the prefix, e.g.
  * "PROVISIONING"), 11 created_at_ms, 12 updated_at_ms, 13 resource_version. */
-enum { STORE_SB_ID, STORE_SB_WORKSPACE, STORE_SB_NAME, STORE_SB_OWNER, STORE_SB_CREATED_BY,
-       STORE_SB_LABELS, STORE_SB_ANNOTATIONS, STORE_SB_SPEC, STORE_SB_STATUS, STORE_SB_DRIVER,
-       STORE_SB_PHASE, STORE_SB_CREATED_MS, STORE_SB_UPDATED_MS, STORE_SB_RV };
+enum {
+    STORE_SB_ID,
+    STORE_SB_WORKSPACE,
+    STORE_SB_NAME,
+    STORE_SB_OWNER,
+    STORE_SB_CREATED_BY,
+    STORE_SB_LABELS,
+    STORE_SB_ANNOTATIONS,
+    STORE_SB_SPEC,
+    STORE_SB_STATUS,
+    STORE_SB_DRIVER,
+    STORE_SB_PHASE,
+    STORE_SB_CREATED_MS,
+    STORE_SB_UPDATED_MS,
+    STORE_SB_RV
+};
 extern const struct store_stmt store_sb_get_by_name; /* $1 workspace, $2 name */
 extern const struct store_stmt store_sb_get_by_id;   /* $1 id (UUID text) */
 /* $1 workspace ("" = all), $2 labels JSON to contain, $3 limit, $4 offset */
@@ -187,9 +213,20 @@ extern const struct store_stmt store_sb_platform_event;
 /* Events. Columns: 0 seq, 1 sandbox_id ("" for workspace events),
  * 2 sandbox_name, 3 workspace, 4 kind, 5 prev_phase, 6 new_phase, 7 actor,
  * 8 reason, 9 labels JSON, 10 payload JSON, 11 created_at_ms. */
-enum { STORE_EV_SEQ, STORE_EV_SANDBOX_ID, STORE_EV_SANDBOX_NAME, STORE_EV_WORKSPACE,
-       STORE_EV_KIND, STORE_EV_PREV, STORE_EV_NEW, STORE_EV_ACTOR, STORE_EV_REASON,
-       STORE_EV_LABELS, STORE_EV_PAYLOAD, STORE_EV_CREATED_MS };
+enum {
+    STORE_EV_SEQ,
+    STORE_EV_SANDBOX_ID,
+    STORE_EV_SANDBOX_NAME,
+    STORE_EV_WORKSPACE,
+    STORE_EV_KIND,
+    STORE_EV_PREV,
+    STORE_EV_NEW,
+    STORE_EV_ACTOR,
+    STORE_EV_REASON,
+    STORE_EV_LABELS,
+    STORE_EV_PAYLOAD,
+    STORE_EV_CREATED_MS
+};
 /* $1 after seq, $2 limit */
 extern const struct store_stmt store_ev_fetch;
 /* $1 after seq, $2 limit, $3 workspace */
@@ -239,7 +276,7 @@ struct store_embedded *store_embedded_start(struct reactor *r, const char *state
                                             const char *pg_bin, store_embedded_cb cb, void *arg);
 /* Asks the server to stop (fast shutdown) and calls |done| once it exited
  * (or was killed after |timeout_ms|); frees |e| after |done| returns. */
-void store_embedded_stop(struct store_embedded *e, unsigned timeout_ms,
-                         void (*done)(void *arg), void *arg);
+void store_embedded_stop(struct store_embedded *e, unsigned timeout_ms, void (*done)(void *arg),
+                         void *arg);
 
 #endif /* GW_STORE_H */

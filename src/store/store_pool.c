@@ -13,12 +13,12 @@
 #include "reactor/reactor.h"
 #include "store/store_int.h"
 
-#define MAX_POOL          32
-#define MAX_INFLIGHT      64      /* pipelined queries per connection */
-#define BACKOFF_MIN_MS    100
-#define BACKOFF_MAX_MS    5000
+#define MAX_POOL           32
+#define MAX_INFLIGHT       64 /* pipelined queries per connection */
+#define BACKOFF_MIN_MS     100
+#define BACKOFF_MAX_MS     5000
 #define CONNECT_TIMEOUT_MS 10000
-#define MIGRATION_LOCK    "7236021546"
+#define MIGRATION_LOCK     "7236021546"
 
 /* Connection states, forward only within one connection attempt; a broken
  * connection goes back to DOWN through conn_reset(). */
@@ -47,9 +47,9 @@ struct query {
     uint64_t deadline_us;
     enum q_phase phase;
     bool prepare_sent;
-    PGresult *res;    /* the query's result, kept until the sync */
+    PGresult *res;       /* the query's result, kept until the sync */
     bool commit_unknown; /* no sync result: the commit may not have happened */
-    char *error_text; /* first error seen */
+    char *error_text;    /* first error seen */
     char sqlstate[6];
 };
 
@@ -1052,8 +1052,8 @@ int64_t store_get_i64(const struct store_result *r, int row, int col)
 uint8_t *store_get_bytea(const struct store_result *r, int row, int col, size_t *len)
 {
     size_t n = 0;
-    unsigned char *p = PQunescapeBytea(
-        (const unsigned char *)PQgetvalue((PGresult *)r->res, row, col), &n);
+    unsigned char *p =
+        PQunescapeBytea((const unsigned char *)PQgetvalue((PGresult *)r->res, row, col), &n);
     if (p == NULL) {
         *len = 0;
         return gw_xcalloc(1, 1);

@@ -77,8 +77,7 @@ const struct store_stmt store_sb_list_driver = {
     "WHERE s.driver = $1 AND s.deleted_at IS NULL ORDER BY s.created_at, s.id",
     1, false};
 const struct store_stmt store_sb_platform_event = {
-    "sb_platform_event", "SELECT gw_sandbox_platform_event($1::uuid, $2, $3, $4::jsonb)", 4,
-    true};
+    "sb_platform_event", "SELECT gw_sandbox_platform_event($1::uuid, $2, $3, $4::jsonb)", 4, true};
 const struct store_stmt store_sb_delete = {"sb_delete",
                                            "SELECT gw_sandbox_delete($1::uuid, $2, $3)", 3, true};
 
