@@ -101,6 +101,15 @@ void api_detached_cancel(struct grpc_call *call)
     api_query_cancel(call);
 }
 
+int api_invalid(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    gw_verrf(err, errlen, fmt, ap);
+    va_end(ap);
+    return GRPC_STATUS_INVALID_ARGUMENT;
+}
+
 const char *api_quote(struct api_quoted *q, const char *s)
 {
     size_t o = 0, i;

@@ -32,18 +32,6 @@ typedef Openshell__V1__ExecSandboxRequest exec_req;
 
 /* ---- messages -------------------------------------------------------------------------- */
 
-static int invalid(char *err, size_t errlen, const char *fmt, ...) GW_PRINTF(3, 4);
-static int invalid(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return GRPC_STATUS_INVALID_ARGUMENT;
-}
-
 #define Q(s) API_QUOTE(s)
 
 /* ---- validation -------------------------------------------------------------------------- */
@@ -64,12 +52,13 @@ static int check_env_keys(const exec_req *req, char *err, size_t errlen)
     for (size_t i = 0; i < req->n_environment; i++) {
         const char *k = req->environment[i]->key;
         if (!env_key_valid(k))
-            return invalid(err, errlen,
-                           "environment keys must match ^[A-Za-z_][A-Za-z0-9_]*$; got '%s'", Q(k));
+            return api_invalid(err, errlen,
+                               "environment keys must match ^[A-Za-z_][A-Za-z0-9_]*$; got '%s'",
+                               Q(k));
         if (strncmp(k, "OPENSHELL_", 10) == 0 && strcmp(k, PYFUNC_KEY) != 0)
-            return invalid(err, errlen,
-                           "environment keys starting with OPENSHELL_ are reserved; got '%s'",
-                           Q(k));
+            return api_invalid(err, errlen,
+                               "environment keys starting with OPENSHELL_ are reserved; got '%s'",
+                               Q(k));
     }
     return GRPC_STATUS_OK;
 }
@@ -77,11 +66,12 @@ static int check_env_keys(const exec_req *req, char *err, size_t errlen)
 static int check_args(const exec_req *req, char *err, size_t errlen)
 {
     if (req->n_command > API_EXEC_ARGS_MAX)
-        return invalid(err, errlen, "command array exceeds %d argument limit", API_EXEC_ARGS_MAX);
+        return api_invalid(err, errlen, "command array exceeds %d argument limit",
+                           API_EXEC_ARGS_MAX);
     for (size_t i = 0; i < req->n_command; i++)
         if (strlen(req->command[i]) > API_EXEC_ARG_MAX)
-            return invalid(err, errlen, "command argument %zu exceeds %d byte limit", i,
-                           API_EXEC_ARG_MAX);
+            return api_invalid(err, errlen, "command argument %zu exceeds %d byte limit", i,
+                               API_EXEC_ARG_MAX);
     return GRPC_STATUS_OK;
 }
 
@@ -90,13 +80,13 @@ static int check_env_values(const exec_req *req, char *err, size_t errlen)
     for (size_t i = 0; i < req->n_environment; i++) {
         const char *k = req->environment[i]->key, *v = req->environment[i]->value;
         if (strlen(v) > API_EXEC_ARG_MAX)
-            return invalid(err, errlen, "environment value for '%s' exceeds %d byte limit", Q(k),
-                           API_EXEC_ARG_MAX);
+            return api_invalid(err, errlen, "environment value for '%s' exceeds %d byte limit",
+                               Q(k), API_EXEC_ARG_MAX);
         if (strpbrk(v, "\r\n") != NULL)
-            return invalid(err, errlen,
-                           "environment value for '%s' contains newline or carriage return "
-                           "characters",
-                           Q(k));
+            return api_invalid(err, errlen,
+                               "environment value for '%s' contains newline or carriage return "
+                               "characters",
+                               Q(k));
     }
     return GRPC_STATUS_OK;
 }
@@ -104,9 +94,9 @@ static int check_env_values(const exec_req *req, char *err, size_t errlen)
 static int check_workdir(const exec_req *req, char *err, size_t errlen)
 {
     if (strlen(req->workdir) > API_EXEC_WORKDIR_MAX)
-        return invalid(err, errlen, "workdir exceeds %d byte limit", API_EXEC_WORKDIR_MAX);
+        return api_invalid(err, errlen, "workdir exceeds %d byte limit", API_EXEC_WORKDIR_MAX);
     if (strpbrk(req->workdir, "\r\n") != NULL)
-        return invalid(err, errlen, "workdir contains newline or carriage return characters");
+        return api_invalid(err, errlen, "workdir contains newline or carriage return characters");
     return GRPC_STATUS_OK;
 }
 
@@ -114,9 +104,9 @@ int api_exec_validate(const exec_req *req, char *err, size_t errlen)
 {
     int rc;
     if (req->sandbox_id[0] == '\0')
-        return invalid(err, errlen, "sandbox_id is required");
+        return api_invalid(err, errlen, "sandbox_id is required");
     if (req->n_command == 0)
-        return invalid(err, errlen, "command is required");
+        return api_invalid(err, errlen, "command is required");
     if ((rc = check_env_keys(req, err, errlen)) != GRPC_STATUS_OK ||
         (rc = check_args(req, err, errlen)) != GRPC_STATUS_OK ||
         (rc = check_env_values(req, err, errlen)) != GRPC_STATUS_OK ||
@@ -126,10 +116,10 @@ int api_exec_validate(const exec_req *req, char *err, size_t errlen)
     rc = api_exec_command_build(req, &cmd);
     gw_buf_free(&cmd);
     if (rc != 0)
-        return invalid(err, errlen,
-                       "command construction failed: assembled command string exceeds %d byte "
-                       "limit",
-                       API_EXEC_COMMAND_MAX);
+        return api_invalid(err, errlen,
+                           "command construction failed: assembled command string exceeds %d byte "
+                           "limit",
+                           API_EXEC_COMMAND_MAX);
     return GRPC_STATUS_OK;
 }
 

@@ -99,6 +99,9 @@ struct api_quoted {
 };
 const char *api_quote(struct api_quoted *q, const char *s);
 #define API_QUOTE(s) api_quote(&(struct api_quoted){{0}}, (s))
+/* Formats |err| like gw_errf() and returns GRPC_STATUS_INVALID_ARGUMENT,
+ * for request validation (api_spec.c, api_exec.c). */
+int api_invalid(char *err, size_t errlen, const char *fmt, ...) GW_PRINTF(3, 4);
 /* Writes decimal |v| into |buf| (>= 24 bytes) and returns it. */
 const char *api_u64(char *buf, uint64_t v);
 

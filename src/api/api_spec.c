@@ -91,18 +91,6 @@ static void *msg_clone(const struct api_alloc *al, const ProtobufCMessage *m)
 
 /* ---- error messages -------------------------------------------------------- */
 
-static int invalid(char *err, size_t errlen, const char *fmt, ...) GW_PRINTF(3, 4);
-static int invalid(char *err, size_t errlen, const char *fmt, ...)
-{
-    if (err != NULL && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return GRPC_STATUS_INVALID_ARGUMENT;
-}
-
 #define Q(s) API_QUOTE(s)
 
 static const char *str0(const char *s)
@@ -166,16 +154,16 @@ static void kv_copy(const struct api_alloc *al, struct kv_out *o, const struct k
 static int check_map_sizes(const struct kv_map *m, const char *field, char *err, size_t errlen)
 {
     if (m->n > MAP_ENTRIES_MAX)
-        return invalid(err, errlen, "%s: %zu entries exceed the limit of %d", field, m->n,
-                       MAP_ENTRIES_MAX);
+        return api_invalid(err, errlen, "%s: %zu entries exceed the limit of %d", field, m->n,
+                           MAP_ENTRIES_MAX);
     for (size_t i = 0; i < m->n; i++) {
         size_t kl = strlen(kv_key(m, i)), vl = strlen(kv_value(m, i));
         if (kl > MAP_KEY_MAX)
-            return invalid(err, errlen, "%s: key '%s' is %zu bytes, limit %d", field,
-                           Q(kv_key(m, i)), kl, MAP_KEY_MAX);
+            return api_invalid(err, errlen, "%s: key '%s' is %zu bytes, limit %d", field,
+                               Q(kv_key(m, i)), kl, MAP_KEY_MAX);
         if (vl > MAP_VALUE_MAX)
-            return invalid(err, errlen, "%s: value of '%s' is %zu bytes, limit %d", field,
-                           Q(kv_key(m, i)), vl, MAP_VALUE_MAX);
+            return api_invalid(err, errlen, "%s: value of '%s' is %zu bytes, limit %d", field,
+                               Q(kv_key(m, i)), vl, MAP_VALUE_MAX);
     }
     return OK;
 }
@@ -199,17 +187,17 @@ static int check_env(const struct kv_map *m, const char *field, char *err, size_
     for (size_t i = 0; i < m->n; i++)
         total += strlen(kv_key(m, i)) + strlen(kv_value(m, i));
     if (total > ENV_TOTAL_MAX)
-        return invalid(err, errlen, "%s: total size %zu bytes exceeds %d", field, total,
-                       ENV_TOTAL_MAX);
+        return api_invalid(err, errlen, "%s: total size %zu bytes exceeds %d", field, total,
+                           ENV_TOTAL_MAX);
     for (size_t i = 0; i < m->n; i++) {
         const char *k = kv_key(m, i);
         if (!env_key_valid(k))
-            return invalid(err, errlen, "%s: key '%s' must match [A-Za-z_][A-Za-z0-9_]*", field,
-                           Q(k));
+            return api_invalid(err, errlen, "%s: key '%s' must match [A-Za-z_][A-Za-z0-9_]*", field,
+                               Q(k));
         if (strncmp(k, "OPENSHELL_", 10) == 0)
-            return invalid(err, errlen, "%s: key '%s' is reserved", field, Q(k));
+            return api_invalid(err, errlen, "%s: key '%s' is reserved", field, Q(k));
         if (strpbrk(kv_value(m, i), "\r\n") != NULL)
-            return invalid(err, errlen, "%s: value of '%s' contains CR or LF", field, Q(k));
+            return api_invalid(err, errlen, "%s: value of '%s' contains CR or LF", field, Q(k));
     }
     return OK;
 }
@@ -221,8 +209,8 @@ static int check_struct_size(const Google__Protobuf__Struct *s, const char *fiel
         return OK;
     size_t n = protobuf_c_message_get_packed_size(&s->base);
     if (n > STRUCT_ENCODED_MAX)
-        return invalid(err, errlen, "%s: encoded size %zu exceeds %d bytes", field, n,
-                       STRUCT_ENCODED_MAX);
+        return api_invalid(err, errlen, "%s: encoded size %zu exceeds %d bytes", field, n,
+                           STRUCT_ENCODED_MAX);
     return OK;
 }
 
@@ -238,8 +226,8 @@ static int check_template(const Openshell__V1__SandboxTemplate *t, char *err, si
     for (size_t i = 0; i < GW_ARRAY_LEN(strs); i++) {
         size_t n = strlen(str0(strs[i].value));
         if (n > TEMPLATE_STRING_MAX)
-            return invalid(err, errlen, "%s: %zu bytes exceed the limit of %d", strs[i].field, n,
-                           TEMPLATE_STRING_MAX);
+            return api_invalid(err, errlen, "%s: %zu bytes exceed the limit of %d", strs[i].field,
+                               n, TEMPLATE_STRING_MAX);
     }
     struct kv_map labels = KV_MAP(t->labels, t->n_labels);
     struct kv_map annotations = KV_MAP(t->annotations, t->n_annotations);
@@ -258,21 +246,21 @@ static int check_template(const Openshell__V1__SandboxTemplate *t, char *err, si
 static int check_command(const Openshell__V1__SandboxSpec *s, char *err, size_t errlen)
 {
     if (s->n_command > COMMAND_ARGS_MAX)
-        return invalid(err, errlen, "spec.command: %zu arguments exceed the limit of %d",
-                       s->n_command, COMMAND_ARGS_MAX);
+        return api_invalid(err, errlen, "spec.command: %zu arguments exceed the limit of %d",
+                           s->n_command, COMMAND_ARGS_MAX);
     if (str0(s->command[0])[0] == '\0')
-        return invalid(err, errlen, "spec.command[0]: must not be empty");
+        return api_invalid(err, errlen, "spec.command[0]: must not be empty");
     size_t total = 0;
     for (size_t i = 0; i < s->n_command; i++)
         total += strlen(str0(s->command[i]));
     if (total > COMMAND_TOTAL_MAX)
-        return invalid(err, errlen, "spec.command: total size %zu bytes exceeds %d", total,
-                       COMMAND_TOTAL_MAX);
+        return api_invalid(err, errlen, "spec.command: total size %zu bytes exceeds %d", total,
+                           COMMAND_TOTAL_MAX);
     for (size_t i = 0; i < s->n_command; i++) {
         size_t n = strlen(str0(s->command[i]));
         if (n > COMMAND_ARG_MAX)
-            return invalid(err, errlen, "spec.command[%zu]: %zu bytes exceed the limit of %d", i, n,
-                           COMMAND_ARG_MAX);
+            return api_invalid(err, errlen, "spec.command[%zu]: %zu bytes exceed the limit of %d",
+                               i, n, COMMAND_ARG_MAX);
     }
     return OK;
 }
@@ -282,12 +270,12 @@ static int check_spec(const Openshell__V1__SandboxSpec *s, char *err, size_t err
 {
     int rc;
     if (s->n_providers > PROVIDERS_MAX)
-        return invalid(err, errlen, "spec.providers: %zu entries exceed the limit of %d",
-                       s->n_providers, PROVIDERS_MAX);
+        return api_invalid(err, errlen, "spec.providers: %zu entries exceed the limit of %d",
+                           s->n_providers, PROVIDERS_MAX);
     size_t n = strlen(str0(s->log_level));
     if (n > LOG_LEVEL_MAX)
-        return invalid(err, errlen, "spec.log_level: %zu bytes exceed the limit of %d", n,
-                       LOG_LEVEL_MAX);
+        return api_invalid(err, errlen, "spec.log_level: %zu bytes exceed the limit of %d", n,
+                           LOG_LEVEL_MAX);
     struct kv_map env = KV_MAP(s->environment, s->n_environment);
     if ((rc = check_map_sizes(&env, "spec.environment", err, errlen)) != OK ||
         (rc = check_env(&env, "spec.environment", err, errlen)) != OK)
@@ -298,14 +286,15 @@ static int check_spec(const Openshell__V1__SandboxSpec *s, char *err, size_t err
     if (rr != NULL && rr->gpu != NULL &&
         rr->gpu->_count_case == OPENSHELL__V1__GPU_RESOURCE_REQUIREMENTS___COUNT_COUNT &&
         rr->gpu->count == 0)
-        return invalid(err, errlen, "spec.resource_requirements.gpu.count: must be greater than 0");
+        return api_invalid(err, errlen,
+                           "spec.resource_requirements.gpu.count: must be greater than 0");
     if ((rc = check_command(s, err, errlen)) != OK)
         return rc;
     if (s->policy != NULL) {
         n = protobuf_c_message_get_packed_size(&s->policy->base);
         if (n > POLICY_ENCODED_MAX)
-            return invalid(err, errlen, "spec.policy: encoded size %zu exceeds %d bytes", n,
-                           POLICY_ENCODED_MAX);
+            return api_invalid(err, errlen, "spec.policy: encoded size %zu exceeds %d bytes", n,
+                               POLICY_ENCODED_MAX);
     }
     return OK;
 }
@@ -317,22 +306,22 @@ static int check_metadata(const Openshell__V1__CreateSandboxRequest *req, char *
     struct kv_map labels = KV_MAP(req->labels, req->n_labels);
     struct kv_map ann = KV_MAP(req->annotations, req->n_annotations);
     if (labels.n > LABELS_MAP_MAX_ENTRIES)
-        return invalid(err, errlen, "labels: %zu entries exceed the limit of %d", labels.n,
-                       LABELS_MAP_MAX_ENTRIES);
+        return api_invalid(err, errlen, "labels: %zu entries exceed the limit of %d", labels.n,
+                           LABELS_MAP_MAX_ENTRIES);
     for (size_t i = 0; i < labels.n; i++)
         if (!labels_key_valid(kv_key(&labels, i), why, sizeof(why)) ||
             !labels_value_valid(kv_value(&labels, i), why, sizeof(why)))
-            return invalid(err, errlen, "labels: %s", why);
+            return api_invalid(err, errlen, "labels: %s", why);
     if (ann.n > LABELS_MAP_MAX_ENTRIES)
-        return invalid(err, errlen, "annotations: %zu entries exceed the limit of %d", ann.n,
-                       LABELS_MAP_MAX_ENTRIES);
+        return api_invalid(err, errlen, "annotations: %zu entries exceed the limit of %d", ann.n,
+                           LABELS_MAP_MAX_ENTRIES);
     for (size_t i = 0; i < ann.n; i++) {
         size_t kl = strlen(kv_key(&ann, i));
         if (kl > MAP_KEY_MAX)
-            return invalid(err, errlen, "annotations: key '%s' is %zu bytes, limit %d",
-                           Q(kv_key(&ann, i)), kl, MAP_KEY_MAX);
+            return api_invalid(err, errlen, "annotations: key '%s' is %zu bytes, limit %d",
+                               Q(kv_key(&ann, i)), kl, MAP_KEY_MAX);
         if (!labels_annotation_valid(kv_key(&ann, i), kv_value(&ann, i), why, sizeof(why)))
-            return invalid(err, errlen, "annotations: %s", why);
+            return api_invalid(err, errlen, "annotations: %s", why);
     }
     return OK;
 }
@@ -344,7 +333,7 @@ int api_spec_validate_with(const struct api_alloc *al, Openshell__V1__CreateSand
     char why[384];
     int rc;
     if (spec == NULL)
-        return invalid(err, errlen, "spec is required");
+        return api_invalid(err, errlen, "spec is required");
     if (spec->n_command == 0) {
         spec->command = al->alloc(al->ctx, 2 * sizeof(*spec->command));
         spec->command[0] = sdup(al, "/bin/bash");
@@ -354,7 +343,7 @@ int api_spec_validate_with(const struct api_alloc *al, Openshell__V1__CreateSand
     }
     if (str0(req->name)[0] != '\0' &&
         !labels_dns_label_valid(req->name, NAME_MAX_LEN, why, sizeof(why)))
-        return invalid(err, errlen, "%s", why);
+        return api_invalid(err, errlen, "%s", why);
     if ((rc = check_spec(spec, err, errlen)) != OK)
         return rc;
     if ((rc = check_metadata(req, err, errlen)) != OK)
@@ -362,7 +351,7 @@ int api_spec_validate_with(const struct api_alloc *al, Openshell__V1__CreateSand
     /* The spec is stored and forwarded in its encoding: it must decode
      * again (see msg_clone). */
     if (msg_clone(al, &spec->base) == NULL)
-        return invalid(err, errlen, "spec: malformed encoding (a field numbered 0)");
+        return api_invalid(err, errlen, "spec: malformed encoding (a field numbered 0)");
     return OK;
 }
 
@@ -577,15 +566,16 @@ static int map_resource_block(const struct api_alloc *al, const char *block,
             if (v != NULL) {
                 Google__Protobuf__Value *copy = msg_clone(al, &v->base);
                 if (copy == NULL)
-                    return invalid(err, errlen, "spec.template.resources.%s.%s: malformed value",
-                                   block, Q(key));
+                    return api_invalid(err, errlen,
+                                       "spec.template.resources.%s.%s: malformed value", block,
+                                       Q(key));
                 struct_put(al, rest, key, copy);
             }
             continue;
         }
         if (v == NULL || v->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRING_VALUE)
-            return invalid(err, errlen, "spec.template.resources.%s.%s must be a string", block,
-                           key);
+            return api_invalid(err, errlen, "spec.template.resources.%s.%s must be a string", block,
+                               key);
         q[slot + kind] = v->string_value;
     }
     return OK;
@@ -613,14 +603,14 @@ static int map_resources(const struct api_alloc *al, const Google__Protobuf__Str
             if (v != NULL) {
                 Google__Protobuf__Value *copy = msg_clone(al, &v->base);
                 if (copy == NULL)
-                    return invalid(err, errlen, "spec.template.resources.%s: malformed value",
-                                   Q(key));
+                    return api_invalid(err, errlen, "spec.template.resources.%s: malformed value",
+                                       Q(key));
                 struct_put(al, rest, key, copy);
             }
             continue;
         }
         if (v == NULL || v->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE)
-            return invalid(err, errlen, "spec.template.resources.%s must be an object", key);
+            return api_invalid(err, errlen, "spec.template.resources.%s must be an object", key);
         if (v->struct_value == NULL)
             continue;
         Google__Protobuf__Struct *inner = struct_new(al, v->struct_value->n_fields);
@@ -689,11 +679,12 @@ static int select_driver_config(const struct api_alloc *al, const Google__Protob
         return OK;
     const Google__Protobuf__Value *v = hit->value;
     if (v == NULL || v->kind_case != GOOGLE__PROTOBUF__VALUE__KIND_STRUCT_VALUE)
-        return invalid(err, errlen, "template.driver_config.%s must be an object", Q(driver_name));
+        return api_invalid(err, errlen, "template.driver_config.%s must be an object",
+                           Q(driver_name));
     *out = v->struct_value != NULL ? msg_clone(al, &v->struct_value->base) : struct_new(al, 0);
     if (*out == NULL)
-        return invalid(err, errlen, "template.driver_config.%s: malformed encoding",
-                       Q(driver_name));
+        return api_invalid(err, errlen, "template.driver_config.%s: malformed encoding",
+                           Q(driver_name));
     return OK;
 }
 

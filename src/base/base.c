@@ -72,6 +72,22 @@ char *gw_xasprintf(const char *fmt, ...)
     return out;
 }
 
+int gw_verrf(char *err, size_t errlen, const char *fmt, va_list ap)
+{
+    if (err != NULL && errlen > 0)
+        vsnprintf(err, errlen, fmt, ap);
+    return -1;
+}
+
+int gw_errf(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    gw_verrf(err, errlen, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 uint64_t gw_clock_mono_us(void)
 {
     struct timespec ts;

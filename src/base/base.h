@@ -44,6 +44,10 @@ char *gw_xstrdup(const char *s);
 char *gw_xstrndup(const char *s, size_t n);
 /* Caller owns the result, free with free(). */
 char *gw_xasprintf(const char *fmt, ...) GW_PRINTF(1, 2);
+/* Formats an error message into |err| (skipped when |err| is NULL or
+ * |errlen| 0) and returns -1, for `return gw_errf(err, errlen, ...)`. */
+int gw_errf(char *err, size_t errlen, const char *fmt, ...) GW_PRINTF(3, 4);
+int gw_verrf(char *err, size_t errlen, const char *fmt, va_list ap) GW_PRINTF(3, 0);
 
 /* Clock. gw_time_update() is called once per loop iteration by the reactor;
  * gw_now_*() return the cached value (cheap), gw_clock_*() read the clock. */

@@ -240,18 +240,6 @@ bool config_table_known(const char *path)
 
 /* ---- value parsing ------------------------------------------------------------ */
 
-GW_PRINTF(3, 4)
-static int bad(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 const char *config_show(const char *s, char *buf, size_t n)
 {
     size_t o = 0;
@@ -379,9 +367,9 @@ static int drivers_add(char ***list, size_t *n, const char *raw, const char *src
     char buf[SHOW_MAX + 4];
     char *name = config_driver_name_normalize(raw);
     if (name == NULL)
-        return bad(err, errlen,
-                   "%s: invalid driver name '%s' (use letters, digits, '-' and '_'; not empty)",
-                   src, config_show(raw, buf, sizeof(buf)));
+        return gw_errf(err, errlen,
+                       "%s: invalid driver name '%s' (use letters, digits, '-' and '_'; not empty)",
+                       src, config_show(raw, buf, sizeof(buf)));
     *list = gw_xrealloc(*list, (*n + 2) * sizeof(**list));
     (*list)[(*n)++] = name;
     (*list)[*n] = NULL;
@@ -403,7 +391,7 @@ static int set_drivers_text(struct config *c, const char *text, const char *src,
     const char *p = text;
 
     if (*text == '\0')
-        return bad(err, errlen, "%s: the value must not be empty", src);
+        return gw_errf(err, errlen, "%s: the value must not be empty", src);
     for (;;) {
         const char *comma = strchr(p, ',');
         char *raw = gw_xstrndup(p, comma != NULL ? (size_t)(comma - p) : strlen(p));
@@ -424,7 +412,7 @@ static int set_drivers_text(struct config *c, const char *text, const char *src,
 static int set_string(char **dst, const char *text, const char *src, char *err, size_t errlen)
 {
     if (*text == '\0')
-        return bad(err, errlen, "%s: the value must not be empty", src);
+        return gw_errf(err, errlen, "%s: the value must not be empty", src);
     free(*dst);
     *dst = gw_xstrdup(text);
     return 0;
@@ -441,16 +429,16 @@ static int set_scalar(struct config *c, const struct config_option *o, const cha
     switch (o->type) {
     case CT_BOOL:
         if (config_bool_parse(text, (bool *)field(c, o)) != 0)
-            rc = bad(err, errlen, "%s: invalid value '%s' (expected true or false)", src,
-                     config_show(text, buf, sizeof(buf)));
+            rc = gw_errf(err, errlen, "%s: invalid value '%s' (expected true or false)", src,
+                         config_show(text, buf, sizeof(buf)));
         break;
     case CT_U32:
     case CT_PORT:
         if (!parse_u32(text, o->type == CT_PORT ? 0 : o->min, o->type == CT_PORT ? 65535 : o->max,
                        &u))
-            rc = bad(err, errlen, "%s: invalid value '%s' (expected an integer from %u to %u)", src,
-                     config_show(text, buf, sizeof(buf)), o->type == CT_PORT ? 0 : o->min,
-                     o->type == CT_PORT ? 65535 : o->max);
+            rc = gw_errf(err, errlen, "%s: invalid value '%s' (expected an integer from %u to %u)",
+                         src, config_show(text, buf, sizeof(buf)), o->type == CT_PORT ? 0 : o->min,
+                         o->type == CT_PORT ? 65535 : o->max);
         else if (o->type == CT_PORT)
             *(uint16_t *)field(c, o) = (uint16_t)u;
         else
@@ -458,9 +446,9 @@ static int set_scalar(struct config *c, const struct config_option *o, const cha
         break;
     case CT_LEVEL:
         if (log_level_parse(text, (enum log_level *)field(c, o)) != 0)
-            rc = bad(err, errlen,
-                     "%s: invalid value '%s' (expected error, warn, info, debug or trace)", src,
-                     config_show(text, buf, sizeof(buf)));
+            rc = gw_errf(err, errlen,
+                         "%s: invalid value '%s' (expected error, warn, info, debug or trace)", src,
+                         config_show(text, buf, sizeof(buf)));
         break;
     default:
         GW_ASSERT(o->type == CT_FORMAT);
@@ -468,8 +456,8 @@ static int set_scalar(struct config *c, const struct config_option *o, const cha
             *(enum log_format *)field(c, o) =
                 strcasecmp(text, "json") == 0 ? LOG_FORMAT_JSON : LOG_FORMAT_TEXT;
         else
-            rc = bad(err, errlen, "%s: invalid value '%s' (expected text or json)", src,
-                     config_show(text, buf, sizeof(buf)));
+            rc = gw_errf(err, errlen, "%s: invalid value '%s' (expected text or json)", src,
+                         config_show(text, buf, sizeof(buf)));
         break;
     }
     return rc;
@@ -486,9 +474,9 @@ int config_option_set_text(struct config *c, const struct config_option *o, cons
         return set_string((char **)field(c, o), text, src, err, errlen);
     case CT_IP:
         if (!is_ip(text, AF_UNSPEC))
-            return bad(err, errlen,
-                       "%s: invalid address '%s' (expected a numeric IPv4 or IPv6 address)", src,
-                       config_show(text, buf, sizeof(buf)));
+            return gw_errf(err, errlen,
+                           "%s: invalid address '%s' (expected a numeric IPv4 or IPv6 address)",
+                           src, config_show(text, buf, sizeof(buf)));
         return set_string((char **)field(c, o), text, src, err, errlen);
     case CT_DRIVERS:
         return set_drivers_text(c, text, src, err, errlen);
@@ -502,7 +490,7 @@ int config_option_set_text(struct config *c, const struct config_option *o, cons
     case CT_FILE_KEY:
         break;
     }
-    return bad(err, errlen, "%s: takes no value", src);
+    return gw_errf(err, errlen, "%s: takes no value", src);
 }
 
 /* "ip:port" keys of the file: bind_address, health_bind_address, ... */
@@ -514,10 +502,10 @@ static int set_addr(struct config *c, const struct config_option *o, const char 
     uint16_t port;
 
     if (!split_addr(text, ip, sizeof(ip), &port))
-        return bad(err, errlen,
-                   "%s: invalid address '%s' (expected \"ip:port\" with a numeric IP, e.g. "
-                   "\"127.0.0.1:17670\" or \"[::1]:17670\")",
-                   src, config_show(text, buf, sizeof(buf)));
+        return gw_errf(err, errlen,
+                       "%s: invalid address '%s' (expected \"ip:port\" with a numeric IP, e.g. "
+                       "\"127.0.0.1:17670\" or \"[::1]:17670\")",
+                       src, config_show(text, buf, sizeof(buf)));
     if (o->type == CT_IP) {
         free(*(char **)field(c, o));
         *(char **)field(c, o) = gw_xstrdup(ip);
@@ -535,8 +523,8 @@ static int set_toml_int(struct config *c, const struct config_option *o, int64_t
     uint32_t max = o->type == CT_PORT ? 65535 : o->max;
 
     if (v < (int64_t)min || v > (int64_t)max)
-        return bad(err, errlen, "%s: invalid value %lld (expected an integer from %u to %u)", src,
-                   (long long)v, min, max);
+        return gw_errf(err, errlen, "%s: invalid value %lld (expected an integer from %u to %u)",
+                       src, (long long)v, min, max);
     if (o->type == CT_PORT)
         *(uint16_t *)field(c, o) = (uint16_t)v;
     else
@@ -591,7 +579,7 @@ int config_option_set_toml(struct config *c, const struct config_option *o,
     enum toml_type want = toml_type_for(o);
 
     if (toml_type(v) != want)
-        return bad(err, errlen, "%s: expected %s", src, names[want]);
+        return gw_errf(err, errlen, "%s: expected %s", src, names[want]);
     if (o->addr_key)
         return set_addr(c, o, toml_string(v), src, err, errlen);
     switch (want) {

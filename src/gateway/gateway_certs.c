@@ -46,18 +46,6 @@
  * by default and clients dial any of these. */
 static const char *const builtin_sans[] = {"localhost", "127.0.0.1", "::1"};
 
-GW_PRINTF(3, 4)
-static int set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    if (err != NULL && errlen > 0) {
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return -1;
-}
-
 /* The last OpenSSL error as text (static buffer), or "unknown error". */
 static const char *ossl_reason(void)
 {
@@ -156,7 +144,7 @@ static int collect_sans(const struct gateway_certs_opts *o, char **out, char *er
     size_t total = GW_ARRAY_LEN(builtin_sans) + o->n_sans, n = 0;
 
     if (o->n_sans > MAX_SANS)
-        return set_err(err, errlen, "too many --san names (at most %d)", MAX_SANS);
+        return gw_errf(err, errlen, "too many --san names (at most %d)", MAX_SANS);
     for (size_t i = 0; i < total; i++) {
         const char *s = i < GW_ARRAY_LEN(builtin_sans) ? builtin_sans[i]
                                                        : o->sans[i - GW_ARRAY_LEN(builtin_sans)];
@@ -164,7 +152,7 @@ static int collect_sans(const struct gateway_certs_opts *o, char **out, char *er
         if (s == NULL || (parse_ip(s, ip) == 0 && !dns_name_valid(s))) {
             for (size_t j = 0; j < n; j++)
                 free(out[j]);
-            return set_err(err, errlen, "--san '%s': not an IP address or a DNS name",
+            return gw_errf(err, errlen, "--san '%s': not an IP address or a DNS name",
                            s != NULL ? s : "");
         }
         char *canon = san_canonical(s);
@@ -341,11 +329,11 @@ static int make_dirs(const char *path, char *err, size_t errlen)
             continue;
         *s = '\0';
         if ((mkdir(dup, 0700) != 0 && errno != EEXIST) || stat(dup, &st) != 0) {
-            rc = set_err(err, errlen, "cannot create directory %s: %s", dup, strerror(errno));
+            rc = gw_errf(err, errlen, "cannot create directory %s: %s", dup, strerror(errno));
             break;
         }
         if (!S_ISDIR(st.st_mode)) {
-            rc = set_err(err, errlen, "cannot create directory %s: something else is in the way",
+            rc = gw_errf(err, errlen, "cannot create directory %s: something else is in the way",
                          dup);
             break;
         }
@@ -381,17 +369,17 @@ static int write_file(const char *dir, struct out_file *f, char *err, size_t err
     int fd = mkostemp(tmp, O_CLOEXEC), rc = -1;
 
     if (fd < 0) {
-        set_err(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
+        gw_errf(err, errlen, "cannot create %s: %s", tmp, strerror(errno));
         goto out;
     }
     errno = EIO; /* write_all() on a zero-length write */
     if (fchmod(fd, f->mode) != 0 || write_all(fd, f->pem, f->len) != 0 || fsync(fd) != 0) {
-        set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+        gw_errf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         close(fd);
         goto out_unlink;
     }
     if (close(fd) != 0) {
-        set_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
+        gw_errf(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         goto out_unlink;
     }
     if (link(tmp, path) == 0 ||
@@ -399,7 +387,7 @@ static int write_file(const char *dir, struct out_file *f, char *err, size_t err
         f->written = true;
         rc = 0;
     } else {
-        set_err(err, errlen, "cannot create %s: %s", path,
+        gw_errf(err, errlen, "cannot create %s: %s", path,
                 errno == EEXIST ? "it appeared while the bundle was being written"
                                 : strerror(errno));
     }
@@ -451,20 +439,20 @@ static int make_pki(const struct gateway_certs_opts *o, char *const *sans, size_
     int rc = GATEWAY_CERTS_ERR_CRYPTO;
 
     if (ca_key == NULL || srv_key == NULL || cli_key == NULL) {
-        set_err(err, errlen, "cannot generate an EC P-256 key: %s", ossl_reason());
+        gw_errf(err, errlen, "cannot generate an EC P-256 key: %s", ossl_reason());
         goto out;
     }
     ca_crt = make_cert(&ca, ca_key, NULL, NULL);
     srv_crt = ca_crt != NULL ? make_cert(&server, srv_key, ca_crt, ca_key) : NULL;
     cli_crt = srv_crt != NULL ? make_cert(&client, cli_key, ca_crt, ca_key) : NULL;
     if (cli_crt == NULL) {
-        set_err(err, errlen, "cannot issue a certificate: %s", ossl_reason());
+        gw_errf(err, errlen, "cannot issue a certificate: %s", ossl_reason());
         goto out;
     }
     if (pem_key(ca_key, &f[OF_CA_KEY]) != 0 || pem_cert(ca_crt, &f[OF_CA_CRT]) != 0 ||
         pem_key(srv_key, &f[OF_SERVER_KEY]) != 0 || pem_cert(srv_crt, &f[OF_SERVER_CRT]) != 0 ||
         pem_key(cli_key, &f[OF_CLIENT_KEY]) != 0 || pem_cert(cli_crt, &f[OF_CLIENT_CRT]) != 0) {
-        set_err(err, errlen, "cannot encode PEM: %s", ossl_reason());
+        gw_errf(err, errlen, "cannot encode PEM: %s", ossl_reason());
         goto out;
     }
     rc = 0;
@@ -506,7 +494,7 @@ static int probe_one(const char *dir, const char *rel, char *err, size_t errlen)
         if (errno == ENOENT || errno == ENOTDIR)
             rc = 0;
         else
-            rc = set_err(err, errlen, "cannot check %s: %s", path, strerror(errno));
+            rc = gw_errf(err, errlen, "cannot check %s: %s", path, strerror(errno));
     }
     free(path);
     return rc;
@@ -540,7 +528,7 @@ static int report_partial(const char *dir, const struct probe *p, char *err, siz
     }
     if (p->ca_key)
         gw_buf_appendf(&present, "%s%s", present.len > 0 ? ", " : "", CA_KEY_FILE);
-    set_err(err, errlen,
+    gw_errf(err, errlen,
             "partial TLS bundle in %s: present: %s; missing: %s. Restore the missing files, "
             "or move %s away and run generate-certs again for a new bundle (clients must then "
             "trust the new ca.crt)",
@@ -567,7 +555,7 @@ static int make_jwt(const char *dir, char *err, size_t errlen)
     for (size_t i = 0; i < CONFIG_LOCAL_JWT_FILES; i++)
         free(paths[i]);
     if (k == NULL)
-        return set_err(err, errlen, "sandbox token keys: %s", why);
+        return gw_errf(err, errlen, "sandbox token keys: %s", why);
     jwt_keys_free(k);
     return 0;
 }
@@ -612,11 +600,11 @@ int gateway_certs_generate(const struct gateway_certs_opts *o, enum gateway_cert
     int n_sans = 0, rc;
 
     if (o->dir == NULL || o->dir[0] == '\0') {
-        set_err(err, errlen, "no output directory");
+        gw_errf(err, errlen, "no output directory");
         return GATEWAY_CERTS_ERR_USAGE;
     }
     if (o->days == 0 || o->days > MAX_DAYS) {
-        set_err(err, errlen, "--days: expected 1 to %d", MAX_DAYS);
+        gw_errf(err, errlen, "--days: expected 1 to %d", MAX_DAYS);
         return GATEWAY_CERTS_ERR_USAGE;
     }
     n_sans = collect_sans(o, sans, err, errlen);
